@@ -1,0 +1,123 @@
+"""Factorized multi-head self-attention: per-head pairs ``Q_h K_hᵀ`` and ``V_h O_hᵀ``.
+
+Multi-head attention is a sum of 2H factorized layers (Khodak et al., §3): head h scores with the
+bilinear form ``W_q,hᵀ W_k,h`` and writes with ``O_h W_v,h``, both of rank ``head_dim``. Shrinking
+the attention embedding dimension ``attn_dim`` (the rank knob) shrinks every pair; SI takes each
+pair from the SVD of the dense pair's product and FD penalizes each product.
+
+Works with any attention module that has ``q, k, v, o`` ``nn.Linear`` layers and ``dim``,
+``num_heads``, ``attn_dim`` attributes (``automl_factor.models.attention.SelfAttention``); the
+factorized module is the same class with a smaller ``attn_dim``, so deploying it needs nothing new.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from .spectral import spectral_factors
+
+__all__ = ["FactorizedAttention", "is_attention", "head_products"]
+
+
+def is_attention(module: nn.Module) -> bool:
+    """True for modules with the q/k/v/o interface described above."""
+    return all(isinstance(getattr(module, name, None), nn.Linear) for name in "qkvo") and hasattr(
+        module, "num_heads"
+    )
+
+
+def _augmented(linear: nn.Linear) -> torch.Tensor:
+    """``[W | b]``: the affine map as a matrix acting on ``[x; 1]``."""
+    if linear.bias is None:
+        return linear.weight
+    return torch.cat([linear.weight, linear.bias[:, None]], dim=1)
+
+
+def head_products(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head products (H, ·, ·) of an attention module: the score forms ``W̃_q,hᵀ W̃_k,h / √d_h``
+    and the value-output maps ``O_h W̃_v,h`` (W̃ = [W | b] when biases exist)."""
+    heads, head_dim = attn.num_heads, attn.attn_dim // attn.num_heads
+    q = _augmented(attn.q).reshape(heads, head_dim, -1)
+    k = _augmented(attn.k).reshape(heads, head_dim, -1)
+    v = _augmented(attn.v).reshape(heads, head_dim, -1)
+    o = attn.o.weight.reshape(attn.dim, heads, head_dim).permute(1, 0, 2)
+    return q.transpose(1, 2) @ k / math.sqrt(head_dim), o @ v
+
+
+class FactorizedAttention(nn.Module):
+    """A self-attention module whose heads are trained as factorized pairs (SI + FD per head)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.rank = inner.attn_dim
+        self.regularizer = "fd"
+
+    kind = "lowrank"
+
+    @classmethod
+    def from_attention(cls, attn: nn.Module, attn_dim: int, *, init: str = "spectral",
+                       generator: torch.Generator | None = None) -> "FactorizedAttention":
+        if attn_dim % attn.num_heads:
+            raise ValueError(f"attention rank (attn_dim) must be a multiple of num_heads={attn.num_heads}, "
+                             f"got {attn_dim}")
+        inner = type(attn)(attn.dim, attn.num_heads, attn_dim=attn_dim, bias=attn.q.bias is not None)
+        inner = inner.to(attn.q.weight)
+        if init == "spectral":
+            _spectral_init(inner, attn, generator)
+        with torch.no_grad():
+            if attn.o.bias is not None:
+                inner.o.bias.copy_(attn.o.bias)
+        return cls(inner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    def head_factors(self) -> list[tuple[torch.Tensor, torch.Tensor, None]]:
+        """[(A, B, None)] batched over heads with per-head products ``A_h B_hᵀ``: the score forms
+        ``W_q,hᵀ W_k,h`` and the value-output maps ``O_h W_v,h`` (weights only, what FD decays)."""
+        inner = self.inner
+        heads, head_dim, dim = inner.num_heads, inner.attn_dim // inner.num_heads, inner.dim
+        q = inner.q.weight.reshape(heads, head_dim, dim).transpose(1, 2)
+        k = inner.k.weight.reshape(heads, head_dim, dim).transpose(1, 2)
+        v = inner.v.weight.reshape(heads, head_dim, dim).transpose(1, 2)
+        o = inner.o.weight.reshape(dim, heads, head_dim).permute(1, 0, 2)
+        return [(q, k, None), (o, v, None)]
+
+    def inference_params(self) -> int:
+        return sum(p.numel() for p in self.inner.parameters())
+
+    def collapse(self) -> nn.Module:
+        """The plain attention module (already as small as the factorization)."""
+        return copy.deepcopy(self.inner)
+
+    def extra_repr(self) -> str:
+        return f"attn_dim={self.rank}, heads={self.inner.num_heads}"
+
+
+@torch.no_grad()
+def _spectral_init(new: nn.Module, old: nn.Module, generator: torch.Generator | None) -> None:
+    """Set each new head pair to the best rank-``head_dim'`` factorization of the old head's product.
+
+    The score scale changes from 1/√d_h to 1/√d_h', so the target is rescaled to keep the scores.
+    """
+    heads, new_head_dim = new.num_heads, new.attn_dim // new.num_heads
+    scores, value_maps = head_products(old)
+    has_bias = new.q.bias is not None
+    q_rows, k_rows, v_rows, o_cols = [], [], [], []
+    for h in range(heads):
+        u, v = spectral_factors(scores[h] * math.sqrt(new_head_dim), new_head_dim, generator=generator)
+        q_rows.append(u.T)
+        k_rows.append(v.T)
+        u, v = spectral_factors(value_maps[h], new_head_dim, generator=generator)
+        o_cols.append(u)
+        v_rows.append(v.T)
+    for linear, rows in ((new.q, q_rows), (new.k, k_rows), (new.v, v_rows)):
+        matrix = torch.cat(rows, dim=0)  # (attn_dim, dim [+1])
+        linear.weight.copy_(matrix[:, : new.dim])
+        if has_bias:
+            linear.bias.copy_(matrix[:, new.dim])
+    new.o.weight.copy_(torch.cat(o_cols, dim=1))

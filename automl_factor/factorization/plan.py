@@ -1,0 +1,294 @@
+"""Per-layer factorization plans: which layer becomes what, and what it costs once deployed.
+
+A plan maps a layer's qualified name to a ``LayerPlan``. ``factorize`` applies it to a copy of a
+model, ``collapse`` turns a trained factorized model back into plain ``torch.nn`` layers, and
+``planned_params`` / ``fit_to_budget`` answer the search's question "how big will this be?" from
+the plan alone, before any training.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+
+from .attention import FactorizedAttention, is_attention
+from .layers import FactorizedConv2d, FactorizedLayer, FactorizedLinear
+
+__all__ = [
+    "LayerPlan", "Plan", "parse_plan", "factorizable_layers", "factorize", "collapse", "count_params",
+    "planned_params", "full_rank", "uniform_plan", "fit_to_budget", "is_factorized",
+]
+
+
+class LayerPlan(BaseModel):
+    """How one layer is factorized.
+
+    ``rank`` at or above the layer's full rank means overcomplete (trained wide, deployed dense).
+    For attention modules ``rank`` is the attention embedding dimension (a multiple of the heads).
+    ``layout`` only matters for convolutions; ``regularizer`` says whether training decays this
+    layer's factors with Frobenius decay (``fd``) or plain weight decay (``wd``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["dense", "lowrank", "deep"] = "lowrank"
+    rank: int | None = Field(default=None, ge=1)
+    init: Literal["spectral", "default"] = "spectral"
+    layout: Literal["spatial", "channel"] = "spatial"
+    regularizer: Literal["fd", "wd"] = "fd"
+
+    @model_validator(mode="after")
+    def _rank_given(self) -> "LayerPlan":
+        if self.kind != "dense" and self.rank is None:
+            raise ValueError(f"kind={self.kind!r} needs a rank")
+        return self
+
+
+Plan = dict[str, LayerPlan]
+FACTORIZED_TYPES = (FactorizedLayer, FactorizedAttention)
+
+
+def is_factorized(module: nn.Module) -> bool:
+    return isinstance(module, FACTORIZED_TYPES)
+
+
+def parse_plan(plan: Mapping[str, LayerPlan | Mapping]) -> Plan:
+    """Validate a plan given as ``LayerPlan`` objects or plain dicts (as read from JSON/YAML)."""
+    parsed = {}
+    for name, layer in plan.items():
+        try:
+            parsed[name] = layer if isinstance(layer, LayerPlan) else LayerPlan.model_validate(layer)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"plan for layer {name!r}: {where + ': ' if where else ''}{first['msg']}, "
+                             f"got {layer!r}") from None
+    return parsed
+
+
+def _candidates(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer ``factorize`` can replace: groups=1 convs, linears, attention modules."""
+    found: dict[str, nn.Module] = {}
+    inside_attention: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in inside_attention):
+            continue
+        if is_attention(module):
+            found[name] = module
+            inside_attention.append(name)
+        elif isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
+            found[name] = module
+    return found
+
+
+def factorizable_layers(model: nn.Module, *, include_dense_defaults: bool = False) -> list[str]:
+    """Names of the layers a plan factorizes by default: every conv, linear and attention module
+    except the model's ``default_dense_layers`` (its stem and classifier)."""
+    keep_dense = () if include_dense_defaults else tuple(getattr(model, "default_dense_layers", ()))
+    return [name for name in _candidates(model) if name not in keep_dense]
+
+
+def matrix_shape(module: nn.Module, layout: str = "spatial") -> tuple[int, int]:
+    """(m, n) of the matrix a layer's forward multiplies by, in the given conv layout."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        c_out, c_in = module.out_channels, module.in_channels
+        return (c_out * kh, c_in * kw) if layout == "spatial" else (c_out, c_in * kh * kw)
+    raise TypeError(f"no matrix shape for {type(module).__name__}")
+
+
+def full_rank(module: nn.Module, layout: str = "spatial") -> int:
+    """The rank at which a factorization stops compressing (for attention: the model width)."""
+    if is_attention(module):
+        return module.dim
+    return min(matrix_shape(module, layout))
+
+
+def _layer_params(module: nn.Module, layer: LayerPlan | None) -> int:
+    """Deployed parameter count of one dense layer under its plan, from shapes alone."""
+    dense = sum(p.numel() for p in module.parameters())
+    if layer is None or layer.kind == "dense":
+        return dense
+    if is_attention(module):
+        d, e = module.dim, layer.rank
+        bias = module.q.bias is not None
+        return 4 * d * e + (3 * e if bias else 0) + (d if module.o.bias is not None else 0)
+    m, n = matrix_shape(module, layer.layout)
+    bias = 0 if module.bias is None else module.bias.numel()
+    return min(layer.rank * (m + n), m * n) + bias
+
+
+def planned_params(model: nn.Module, plan: Mapping[str, LayerPlan]) -> int:
+    """Inference parameters of ``collapse(factorize(model, plan))``, computed without building it."""
+    candidates = _candidates(model)
+    _check_names(plan, candidates)
+    total = sum(p.numel() for p in model.parameters())
+    for name, layer in plan.items():
+        module = candidates[name]
+        total += _layer_params(module, layer) - sum(p.numel() for p in module.parameters())
+    return total
+
+
+def _check_names(plan: Mapping, candidates: Mapping) -> None:
+    unknown = [name for name in plan if name not in candidates]
+    if unknown:
+        raise ValueError(f"unknown layer {unknown[0]!r} in plan; factorizable layers are: {', '.join(candidates)}")
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def _factorize_one(module: nn.Module, layer: LayerPlan, generator: torch.Generator | None) -> nn.Module:
+    if is_attention(module):
+        if layer.kind != "lowrank":
+            raise ValueError(f"attention layers support kind 'lowrank' only, got {layer.kind!r}")
+        new = FactorizedAttention.from_attention(module, layer.rank, init=layer.init, generator=generator)
+    elif isinstance(module, nn.Conv2d):
+        new = FactorizedConv2d.from_conv(module, layer.rank, layout=layer.layout, deep=layer.kind == "deep",
+                                         init=layer.init, generator=generator)
+    else:
+        new = FactorizedLinear.from_linear(module, layer.rank, deep=layer.kind == "deep", init=layer.init,
+                                           generator=generator)
+    new.regularizer = layer.regularizer
+    return new
+
+
+def factorize(model: nn.Module, plan: Mapping[str, LayerPlan | Mapping], *,
+              generator: torch.Generator | None = None) -> nn.Module:
+    """A copy of ``model`` with each planned layer replaced by its factorized version.
+
+    Spectral init reads each layer's current weights, so factorizing a freshly initialized model
+    gives the paper's SI and factorizing a trained one compresses it. The input is left untouched.
+
+    >>> plan = {n: LayerPlan(kind="lowrank", rank=8) for n in factorizable_layers(model)}
+    >>> fmodel = factorize(model, plan)
+    """
+    plan = parse_plan(plan)
+    candidates = _candidates(model)
+    _check_names(plan, candidates)
+    result = copy.deepcopy(model)
+    for name, layer in plan.items():
+        if layer.kind != "dense":
+            _replace(result, name, _factorize_one(result.get_submodule(name), layer, generator))
+    return result
+
+
+def collapse(model: nn.Module) -> nn.Module:
+    """A copy of a factorized model made of plain ``torch.nn`` layers only, computing the same
+    function: low-rank layers become two small layers (or one dense layer when cheaper), deep
+    and overcomplete layers one dense layer."""
+    result = copy.deepcopy(model)
+    names = [name for name, module in result.named_modules() if is_factorized(module)]
+    for name in names:
+        _replace(result, name, result.get_submodule(name).collapse())
+    return result
+
+
+def count_params(model: nn.Module, *, inference: bool = True) -> int:
+    """Parameters of the model; with ``inference=True`` those of its collapsed (deployed) form."""
+    if not inference:
+        return sum(p.numel() for p in model.parameters())
+    total = 0
+    factorized_prefixes: list[str] = []
+    for name, module in model.named_modules():
+        if is_factorized(module):
+            total += module.inference_params()
+            factorized_prefixes.append(name + ".")
+    for name, parameter in model.named_parameters():
+        if not any(name.startswith(prefix) for prefix in factorized_prefixes):
+            total += parameter.numel()
+    return total
+
+
+def _scaled_rank(module: nn.Module, rank: float) -> int:
+    if is_attention(module):
+        heads = module.num_heads
+        return max(heads, math.floor(rank / heads) * heads)
+    return max(1, math.floor(rank))
+
+
+def uniform_plan(model: nn.Module, *, params_ratio: float | None = None, rank_scale: float | None = None,
+                 kind: str = "lowrank", init: str = "spectral", layout: str = "spatial",
+                 regularizer: str = "fd", layers: list[str] | None = None) -> Plan:
+    """The paper's plan: every layer's rank is one fraction ``s`` of its full rank.
+
+    Give ``rank_scale`` to fix ``s`` (above 1: overcomplete), or ``params_ratio`` to take the
+    largest ``s`` whose deployed model keeps at most that fraction of the dense parameters.
+    """
+    if (params_ratio is None) == (rank_scale is None):
+        raise ValueError("give exactly one of params_ratio or rank_scale")
+    names = factorizable_layers(model) if layers is None else layers
+    candidates = _candidates(model)
+    _check_names(dict.fromkeys(names), candidates)
+
+    def plan_at(scale: float) -> Plan:
+        return {
+            name: LayerPlan(kind=kind, init=init, layout=layout, regularizer=regularizer,
+                            rank=_scaled_rank(candidates[name], scale * full_rank(candidates[name], layout)))
+            for name in names
+        }
+
+    if rank_scale is not None:
+        if rank_scale <= 0:
+            raise ValueError(f"rank_scale must be > 0, got {rank_scale}")
+        return plan_at(rank_scale)
+    if not 0 < params_ratio <= 1:
+        raise ValueError(f"params_ratio must be in (0, 1], got {params_ratio}")
+    return _largest_fitting(model, plan_at, params_ratio * count_params(model))
+
+
+def _largest_fitting(model: nn.Module, plan_at, max_params: float) -> Plan:
+    """``plan_at(s)`` for the largest ``s`` in [0, 1] that fits (bisection: params grow with s)."""
+    smallest = planned_params(model, plan_at(0.0))
+    if smallest > max_params:
+        raise ValueError(f"budget of {max_params:.0f} parameters is too small: the layers that stay dense "
+                         f"plus rank 1 everywhere need {smallest}")
+    if planned_params(model, plan_at(1.0)) <= max_params:
+        return plan_at(1.0)
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        middle = (low + high) / 2
+        low, high = (middle, high) if planned_params(model, plan_at(middle)) <= max_params else (low, middle)
+    return plan_at(low)
+
+
+def fit_to_budget(model: nn.Module, plan: Mapping[str, LayerPlan], max_params: float) -> Plan:
+    """Shrink a plan until its deployed model has at most ``max_params`` parameters.
+
+    Low-rank and deep layers keep their relative ranks and are scaled down together by the largest
+    common factor that fits (bisection). Dense and overcomplete layers cost their full size; if
+    they alone break the budget, the largest become low-rank first. Raises ``ValueError`` when even
+    rank 1 everywhere does not fit.
+    """
+    plan = dict(parse_plan(plan))
+    candidates = _candidates(model)
+    _check_names(plan, candidates)
+
+    def compressible(name: str, layer: LayerPlan) -> bool:
+        return layer.kind != "dense" and layer.rank < full_rank(candidates[name], layer.layout)
+
+    def scaled(scale: float) -> Plan:
+        return {
+            name: layer.model_copy(update={"rank": _scaled_rank(candidates[name], scale * layer.rank)})
+            if compressible(name, layer) else layer
+            for name, layer in plan.items()
+        }
+
+    fixed = sorted((n for n, layer in plan.items() if not compressible(n, layer)),
+                   key=lambda n: -sum(p.numel() for p in candidates[n].parameters()))
+    while planned_params(model, scaled(0.0)) > max_params and fixed:
+        name = fixed.pop(0)
+        module, layer = candidates[name], plan[name]
+        rank = full_rank(module, layer.layout) - (module.num_heads if is_attention(module) else 1)
+        plan[name] = layer.model_copy(update={"kind": "lowrank" if layer.kind == "dense" else layer.kind,
+                                              "rank": max(1, rank)})
+    return _largest_fitting(model, scaled, max_params)
