@@ -1,0 +1,111 @@
+"""``python -m automl_factor.train``: train one uniformly factorized model (the paper's recipe).
+
+Every factorizable layer gets the same fraction of its full rank, the largest fraction whose
+deployed model keeps at most ``--rank-ratio`` of the dense parameters (or ``--rank-scale`` fixed,
+above 1 for overcomplete). Prints progress per epoch, then accuracy, params, FLOPs and latency
+ratios against the dense model.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+
+from ..cli import Parser, fail
+from ..factorization import count_params, factorize, uniform_plan
+from .build import build_model
+from .data import load
+from .loop import TrainConfig, TrainingDiverged, evaluate, fit
+from .measure import count_flops, latency_ms
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = Parser(prog="python -m automl_factor.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet20", help="registered model name or module.path:function")
+    parser.add_argument("--dataset", default="digits",
+                        help="digits | cifar10 | cifar100 | imagefolder:DIR | parquet:DIR (default: digits, offline)")
+    parser.add_argument("--data-root", default=None, help="folder for cifar10/cifar100")
+    parser.add_argument("--download", action="store_true", help="download cifar10/cifar100 if missing")
+    parser.add_argument("--val-fraction", type=float, default=0.0, help="hold out this part of train for validation")
+    parser.add_argument("--train-subset", type=int, default=None, help="train on the first N training images")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--rank-ratio", type=float, default=None,
+                      help="keep at most this fraction of the dense parameters (default 0.1)")
+    size.add_argument("--rank-scale", type=float, default=None,
+                      help="rank = this fraction of each layer's full rank (>1: overcomplete)")
+    size.add_argument("--dense", action="store_true", help="train the dense model, unfactorized")
+    parser.add_argument("--kind", choices=["lowrank", "deep"], default="lowrank")
+    parser.add_argument("--layout", choices=["spatial", "channel"], default="spatial", help="conv factorization")
+    parser.add_argument("--init", choices=["spectral", "default"], default="spectral")
+    parser.add_argument("--regularizer", choices=["fd", "wd", "none"], default="fd")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--nesterov", action="store_true")
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="also the Frobenius decay coefficient")
+    parser.add_argument("--schedule", choices=["multistep", "cosine"], default="multistep")
+    parser.add_argument("--warmup-epochs", type=float, default=0.0)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.rank_ratio is not None and not 0 < args.rank_ratio <= 1:
+        fail(f"--rank-ratio must be in (0, 1], got {args.rank_ratio}")
+    if args.rank_scale is not None and args.rank_scale <= 0:
+        fail(f"--rank-scale must be > 0, got {args.rank_scale}")
+    if args.rank_ratio is None and args.rank_scale is None and not args.dense:
+        args.rank_ratio = 0.1
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    try:
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                             momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
+                             schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+                             regularizer=args.regularizer, channels_last=args.channels_last)
+        data = load(args.dataset, root=args.data_root, download=args.download, val_fraction=args.val_fraction,
+                    train_subset=args.train_subset, seed=args.seed)
+        dense = build_model(args.model, data).to(args.device)
+        model = dense
+        if not args.dense:
+            plan = uniform_plan(dense, params_ratio=args.rank_ratio, rank_scale=args.rank_scale, kind=args.kind,
+                                init=args.init, layout=args.layout,
+                                regularizer="wd" if args.regularizer == "wd" else "fd")
+            model = factorize(dense, plan)
+    except ValueError as error:
+        fail(str(error))
+    dense_params = count_params(dense)
+    print(f"{args.model} on {args.dataset}: {len(data.train.labels)} train images, "
+          f"{count_params(model):,} of {dense_params:,} params after collapse "
+          f"({count_params(model) / dense_params:.3f}), {count_params(model, inference=False):,} trained",
+          flush=True)
+
+    def show(epoch: int, metrics: dict) -> None:
+        print(f"epoch {epoch:3d}/{config.epochs}  loss {metrics['loss']:.4f}  train {metrics['train_accuracy']:.2%}"
+              f"  eval {metrics['accuracy']:.2%}  {metrics['seconds']:.1f}s "
+              f"({metrics['images'] / metrics['seconds']:.0f} img/s)", flush=True)
+
+    started = time.perf_counter()
+    try:
+        fit(model, data, config, seed=args.seed, on_epoch=show)
+    except TrainingDiverged as error:
+        fail(str(error))
+    test_accuracy = evaluate(model, data.test, data)
+    shape = (1, *data.image_shape)
+    flops, dense_flops = count_flops(model, shape), count_flops(dense, shape)
+    latency, dense_latency = latency_ms(model, shape), latency_ms(dense, shape)
+    print(f"done in {time.perf_counter() - started:.0f}s")
+    print(f"test accuracy  {test_accuracy:.2%}")
+    print(f"params ratio   {count_params(model) / dense_params:.4f}  ({count_params(model):,} / {dense_params:,})")
+    print(f"FLOPs ratio    {flops / dense_flops:.4f}  ({flops:,} / {dense_flops:,} per image)")
+    print(f"latency        {latency:.3f} ms vs dense {dense_latency:.3f} ms (batch 1, 1 thread, collapsed)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
