@@ -1,0 +1,150 @@
+"""The Ray Tune trial: config → plan → factorized model → epochs, reporting and checkpointing.
+
+Each epoch ends with ``tune.report`` of the objectives and a checkpoint (model, optimizer,
+schedule, RNG), so a trial that is paused, retried or restored continues where it stopped. The
+data arrive through ``tune.with_parameters`` (one copy in the object store per node). Latency is
+measured once per distinct deployed architecture and device, and shared through a named actor.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+
+import ray
+import torch
+from ray import tune
+
+from ..factorization import count_params, factorize
+from ..train import DataBundle, build_model, count_flops, evaluate, latency_ms, make_optimizer, make_schedule
+from ..train import train_one_epoch
+from ..factorization import collapse
+from .space import SearchSpace, plan_for
+
+__all__ = ["TrialSetup", "train_trial", "start_latency_cache", "trial_dirname", "CHECKPOINT_FILE", "TRIAL_FILE", "architecture_key"]
+
+CHECKPOINT_FILE = "state.pt"
+TRIAL_FILE = "trial.json"  # what export needs to rebuild the model: model, plan, data shape
+LATENCY_CACHE = "automl_factor_latency_cache"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of one search shares (besides the data)."""
+
+    space: SearchSpace
+    budget: float
+    seed: int = 0
+    latency_threads: int = 1
+
+
+@ray.remote(num_cpus=0)
+class LatencyCache:
+    """Latency (ms) by architecture key, shared by all trials of a Ray session."""
+
+    def __init__(self):
+        self._values: dict[str, float] = {}
+
+    def get(self, key: str) -> float | None:
+        return self._values.get(key)
+
+    def put(self, key: str, value: float) -> None:
+        self._values.setdefault(key, value)
+
+
+def architecture_key(model: torch.nn.Module, input_shape: tuple[int, ...], device: torch.device) -> str:
+    """Hash of the deployed (collapsed) architecture, the input shape and the device kind."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    text = f"{collapse(model)!r}|{input_shape}|{name}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def start_latency_cache() -> "ray.actor.ActorHandle":
+    """Called by the driver, which holds the handle for the whole search (the actor lives as long)."""
+    return LatencyCache.options(name=LATENCY_CACHE, get_if_exists=True).remote()
+
+
+def cached_latency_ms(model: torch.nn.Module, input_shape: tuple[int, ...], threads: int) -> float:
+    """Measure once per architecture; later trials with the same architecture reuse the value.
+    Without the driver's cache actor (a trial run on its own) every call measures."""
+    device = next(model.parameters()).device
+    key = architecture_key(model, input_shape, device)
+    try:
+        cache = ray.get_actor(LATENCY_CACHE)
+    except ValueError:
+        return latency_ms(model, input_shape, threads=threads)
+    value = ray.get(cache.get.remote(key))
+    if value is None:
+        value = latency_ms(model, input_shape, threads=threads)
+        ray.get(cache.put.remote(key, value))
+    return value
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names (Ray's default embeds the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
+
+
+def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
+    """Ray Tune function trainable for one sampled configuration."""
+    space = setup.space
+    torch.manual_seed(setup.seed)
+    device = _device()
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    dense = build_model(space.model, data, **space.model_kwargs)
+    plan = plan_for(space, dense, config, setup.budget)
+    model = factorize(dense, plan, generator=torch.Generator().manual_seed(setup.seed)).to(device)
+    train_config = space.train_config()
+    if train_config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, train_config)
+    schedule = make_schedule(optimizer, train_config, math.ceil(len(data.train.labels) / train_config.batch_size))
+    generator = torch.Generator().manual_seed(setup.seed)
+
+    first_epoch = 1
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        first_epoch = state["epoch"] + 1
+
+    shape = (1, *data.image_shape)
+    dense = dense.to(device)
+    dense_params = count_params(dense)
+    latency = cached_latency_ms(model, shape, setup.latency_threads)
+    dense_latency = cached_latency_ms(dense, shape, setup.latency_threads)
+    fixed = {
+        "params": count_params(model),
+        "params_ratio": count_params(model) / dense_params,
+        "latency_ms": latency,
+        "latency_ratio": latency / dense_latency,
+        "flops_ratio": count_flops(model, shape) / count_flops(dense, shape),
+    }
+    eval_split = data.val if data.val is not None else data.test
+    trial_info = {"model": space.model, "model_kwargs": space.model_kwargs, "num_classes": data.num_classes,
+                  "image_shape": list(data.image_shape), "mean": list(data.mean), "std": list(data.std),
+                  "plan": {name: layer.model_dump() for name, layer in plan.items()}, "config": config}
+    plan_json = json.dumps(trial_info["plan"], sort_keys=True)
+    for epoch in range(first_epoch, space.max_epochs + 1):
+        metrics = train_one_epoch(model, data, optimizer, schedule, train_config, generator=generator, epoch=epoch)
+        metrics.update(fixed, epoch=epoch, accuracy=evaluate(model, eval_split, data), plan=plan_json)
+        if epoch == space.max_epochs:
+            metrics["test_accuracy"] = evaluate(model, data.test, data)
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "generator": generator.get_state(), "epoch": epoch},
+                       os.path.join(folder, CHECKPOINT_FILE))
+            with open(os.path.join(folder, TRIAL_FILE), "w") as handle:
+                json.dump(trial_info, handle)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
