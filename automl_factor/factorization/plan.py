@@ -273,8 +273,8 @@ def fit_to_budget(model: nn.Module, plan: Mapping[str, LayerPlan], max_params: f
     candidates = _candidates(model)
     _check_names(plan, candidates)
 
-    def compressible(name: str, layer: LayerPlan) -> bool:
-        return layer.kind != "dense" and layer.rank < full_rank(candidates[name], layer.layout)
+    def compressible(name: str, layer: LayerPlan) -> bool:  # overcomplete layers (rank > full) stay as planned
+        return layer.kind != "dense" and layer.rank <= full_rank(candidates[name], layer.layout)
 
     def scaled(scale: float) -> Plan:
         return {
