@@ -166,7 +166,7 @@ class SearchTracker(tune.Callback):
         self.rows[trial.trial_id] = row
         now = int(time.time() * 1000)
         metrics = [Metric(key, float(row[key]), now, row["epochs_trained"]) for key in FINAL_METRICS
-                   if row[key] is not None]
+                   if row[key] is not None and key not in EPOCH_METRICS]  # those are logged every epoch
         metrics.append(Metric("epochs_trained", row["epochs_trained"], now, row["epochs_trained"]))
         self.client.log_batch(run_id, metrics=metrics, tags=[_tag("status", status), _tag("pareto", "false"),
                                                             _tag("early_stopped", str(status == "pruned").lower())])

@@ -1,0 +1,43 @@
+"""Shared pieces for the search tests: a tiny space and running the real command line."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY_SPACE = """
+model: resnet20
+model_kwargs: {width_multiplier: 0.5}
+data: {name: digits, val_fraction: 0.2, train_subset: 400}
+recipe: {lr: 0.05, batch_size: 64}
+max_epochs: 3
+budget_use: [0.3, 1.0]
+groups:
+  - name: early
+    layers: ["layer1.*", "layer2.*"]
+    kinds: [lowrank, deep]
+    rank_fraction: [0.1, 1.0]
+    inits: [spectral, default]
+  - name: late
+    layers: ["layer3.*"]
+    kinds: [lowrank]
+    layouts: [spatial, channel]
+    regularizers: [fd, wd]
+"""
+
+
+@pytest.fixture
+def tiny_space(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` as a user would, in ``cwd``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
