@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not Path(args.out).resolve().parent.is_dir():
         fail(f"--out {args.out!r}: folder {str(Path(args.out).resolve().parent)!r} does not exist")
+    if args.mlflow_uri.startswith("sqlite:///") and not Path(args.mlflow_uri[len("sqlite:///"):]).is_file():
+        fail(f"--run-id {args.run_id!r} not found: there is no MLflow store at {args.mlflow_uri!r}")
     try:
         run = MlflowClient(args.mlflow_uri).get_run(args.run_id)
     except MlflowException as error:

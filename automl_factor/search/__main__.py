@@ -6,14 +6,11 @@ MLflow in ./mlflow.db and results under ./automl_runs/.
 """
 from __future__ import annotations
 
-import json
-import os
 import socket
 import sys
 import time
 import urllib.error
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -115,7 +112,7 @@ def prepare(args) -> Prepared:
     """Validate input, load the data and check the budget can be met; writes nothing."""
     from ..factorization import count_params
     from ..train import build_model, load
-    from .space import group_layers, load_space, paper_recipe_point, plan_for
+    from .space import group_layers, load_space, minimum_params
 
     space_path = Path(args.space) if args.space else DEFAULT_SPACE
     check_mlflow_uri(args.mlflow_uri)
@@ -128,24 +125,15 @@ def prepare(args) -> Prepared:
                     train_subset=space.data.train_subset, download=space.data.download, seed=args.seed)
         dense = build_model(space.model, data, **space.model_kwargs)
         group_layers(space, dense)
-        smallest = {**paper_recipe_point(space), "budget_use": space.budget_use[0]}
-        defaults = _first_choices(space)
-        plan_for(space, dense, {**defaults, **smallest}, args.budget_params)
+        smallest, budget = minimum_params(space, dense), args.budget_params * count_params(dense)
+        if smallest > budget:
+            fail(f"--budget-params {args.budget_params:g} is too small for {space.model}: {budget:,.0f} parameters, "
+                 f"but the layers left dense plus rank 1 everywhere need {smallest:,} "
+                 f"({smallest / count_params(dense):.4f} of dense)")
     except ValueError as error:
         fail(str(error))
     name, run_uri = _run_location(args)
     return Prepared(args, space, space_path.read_text(), data, count_params(dense), name, run_uri)
-
-
-def _first_choices(space) -> dict:
-    """A complete config: each group's first choices (to check the budget before sampling)."""
-    config = {}
-    for group in space.groups:
-        config.update({f"{group.name}.kind": "lowrank" if "lowrank" in group.kinds else group.kinds[0],
-                       f"{group.name}.rank_fraction": group.rank_fraction[1],
-                       f"{group.name}.scale": group.overcomplete_scales[0], f"{group.name}.layout": group.layouts[0],
-                       f"{group.name}.init": group.inits[0], f"{group.name}.regularizer": group.regularizers[0]})
-    return config
 
 
 def _run_location(args) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from ..factorization.attention import is_attention
 from ..train import TrainConfig
 
 __all__ = ["SearchSpace", "LayerGroup", "DataOptions", "load_space", "SpaceSampler", "paper_recipe_point",
-           "plan_for", "group_layers"]
+           "plan_for", "group_layers", "minimum_params"]
 
 Kind = Literal["dense", "lowrank", "deep", "overcomplete"]
 
@@ -222,5 +222,23 @@ def plan_for(space: SearchSpace, model: nn.Module, config: dict, budget: float) 
                 rank = max(heads, math.ceil(rank / heads) * heads)
             plan[layer] = LayerPlan(kind="deep" if kind == "deep" else "lowrank", rank=rank, layout=layout,
                                     init=config[f"{prefix}.init"], regularizer=config[f"{prefix}.regularizer"])
-    dense_params = planned_params(model, {})
-    return fit_to_budget(model, plan, config["budget_use"] * budget * dense_params)
+    target = config["budget_use"] * budget * planned_params(model, {})
+    # A small budget_use may ask for less than rank 1 everywhere allows: take the smallest plan then.
+    return fit_to_budget(model, plan, max(target, minimum_params(space, model, config)))
+
+
+def minimum_params(space: SearchSpace, model: nn.Module, config: dict | None = None) -> int:
+    """Deployed parameters with every grouped layer at rank 1: the smallest plan a sample can become.
+
+    With ``config``, in its conv layouts; without, in each group's costliest layout (the bound the
+    command line checks against the budget before any trial starts).
+    """
+    modules = dict(model.named_modules())
+    plan: Plan = {}
+    for group in space.groups:
+        layouts = group.layouts if config is None else [config.get(f"{group.name}.layout", "spatial")]
+        for layer in group_layers(space, model)[group.name]:
+            rank = modules[layer].num_heads if is_attention(modules[layer]) else 1
+            options = [LayerPlan(kind="lowrank", rank=rank, layout=layout) for layout in layouts]
+            plan[layer] = max(options, key=lambda option: planned_params(model, {layer: option}))
+    return planned_params(model, plan)

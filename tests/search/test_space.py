@@ -1,0 +1,90 @@
+"""Search spaces: validation, Optuna sampling, and plans that meet the budget by construction."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from automl_factor import models
+from automl_factor.factorization import count_params, factorize, planned_params, uniform_plan
+from automl_factor.search.space import (SearchSpace, SpaceSampler, group_layers, load_space, minimum_params,
+                                        paper_recipe_point,
+                                        plan_for)
+
+SPACE = SearchSpace.model_validate({
+    "model": "resnet20",
+    "groups": [
+        {"name": "s1", "layers": ["layer1.*"], "kinds": ["lowrank", "deep", "dense", "overcomplete"],
+         "inits": ["spectral", "default"], "regularizers": ["fd", "wd"]},
+        {"name": "rest", "layers": ["*"], "kinds": ["lowrank", "deep"], "layouts": ["spatial", "channel"]},
+    ],
+})
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return models.create("resnet20", num_classes=10, in_channels=3)
+
+
+def test_groups_first_match_wins(resnet):
+    groups = group_layers(SPACE, resnet)
+    assert all(name.startswith("layer1.") for name in groups["s1"])
+    assert groups["rest"] and not any(name.startswith("layer1.") for name in groups["rest"])
+    assert len(groups["s1"]) + len(groups["rest"]) == 18  # 9 blocks x 2 convs, option-A shortcuts
+
+
+@pytest.mark.parametrize("budget", [0.05, 0.1, 0.3])
+def test_every_sampled_plan_meets_the_budget(resnet, budget):
+    dense = count_params(resnet)
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=1))
+    sampler = SpaceSampler(SPACE)
+    kinds_seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        fixed = sampler(trial)  # samples into trial.params, returns the one-option choices
+        config = {**trial.params, **fixed}
+        plan = plan_for(SPACE, resnet, config, budget)
+        params = planned_params(resnet, plan)
+        assert params <= budget * dense
+        assert params <= max(config["budget_use"] * budget * dense, minimum_params(SPACE, resnet, config))
+        kinds_seen |= {layer.kind for layer in plan.values()}
+        study.tell(trial, [0.5, params / dense, 1.0])
+    assert {"lowrank", "deep"} <= kinds_seen
+
+
+def test_paper_recipe_point_is_the_uniform_plan(resnet):
+    point = paper_recipe_point(SPACE)
+    assert point["budget_use"] == 1.0 and point["s1.kind"] == "lowrank" and point["s1.init"] == "spectral"
+    config = {**point, "s1.layout": "spatial", "s1.regularizer": "fd", "rest.init": "spectral",
+              "rest.regularizer": "fd"}
+    plan = plan_for(SPACE, resnet, config, 0.1)
+    assert plan == uniform_plan(resnet, params_ratio=0.1)
+
+
+def test_overcomplete_group_deploys_dense_size(resnet):
+    config = {"s1.kind": "overcomplete", "s1.scale": 3.0, "s1.layout": "spatial", "s1.init": "spectral",
+              "s1.regularizer": "fd", "rest.kind": "lowrank", "rest.rank_fraction": 0.1, "rest.layout": "spatial",
+              "rest.init": "spectral", "rest.regularizer": "fd", "budget_use": 1.0}
+    plan = plan_for(SPACE, resnet, config, 0.5)
+    layer1 = [plan[name] for name in group_layers(SPACE, resnet)["s1"]]
+    assert all(layer.rank == 3 * 16 * 3 for layer in layer1)  # 3 x full rank of a (16*3) x (16*3) matrix
+    collapsed_size = count_params(factorize(resnet, plan))
+    assert collapsed_size == planned_params(resnet, plan) <= 0.5 * count_params(resnet)
+
+
+def test_load_space_errors_name_the_key(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("groups:\n  - name: g\n    rank_fraction: [0.5, 2]\n")
+    with pytest.raises(ValueError, match=r"key groups\.0.*rank_fraction"):
+        load_space(path)
+    path.write_text("recipe: {optimizer: adam}\n")
+    with pytest.raises(ValueError, match=r"recipe\.optimizer.*'sgd' or 'adamw'"):
+        load_space(path)
+
+
+@pytest.mark.parametrize("name", ["default", "resnet20_cifar10", "resnet32lt_cifar10", "vit_cifar10"])
+def test_shipped_spaces_validate(name):
+    from pathlib import Path
+    space = load_space(Path(__file__).resolve().parents[2] / "search_spaces" / f"{name}.yaml")
+    model = models.create(space.model, num_classes=10, in_channels=3, **space.model_kwargs)
+    assert all(group_layers(space, model).values())
