@@ -25,7 +25,7 @@ from .schedulers import MultiObjectiveASHA
 from .searcher import FullBudgetOptunaSearch, make_sampler
 from .space import SpaceSampler, paper_recipe_point
 from .tracking import RunFolder, SearchTracker, pareto_rows
-from .trainable import TrialSetup, start_latency_cache, train_trial, trial_dirname
+from .trainable import TrialSetup, start_cost_cache, train_trial, trial_dirname
 
 __all__ = ["run_search", "print_front", "STATE_FILE"]
 
@@ -75,11 +75,11 @@ def _parent_run(prepared, client: MlflowClient) -> tuple[str, str]:
 
 def _scheduler(args, max_epochs: int):
     if args.scheduler == "moasha":
-        return MultiObjectiveASHA(max_t=max_epochs, grace_period=args.grace_period,
+        return MultiObjectiveASHA(max_t=max_epochs, grace_period=min(args.grace_period, max_epochs),
                                   reduction_factor=args.reduction_factor)
     if args.scheduler == "asha":
         return ASHAScheduler(time_attr="epoch", metric="accuracy", mode="max", max_t=max_epochs,
-                             grace_period=args.grace_period, reduction_factor=args.reduction_factor)
+                             grace_period=min(args.grace_period, max_epochs), reduction_factor=args.reduction_factor)
     return FIFOScheduler()
 
 
@@ -110,7 +110,7 @@ def run_search(prepared) -> list[dict]:
     if started_ray:
         ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
                  logging_level=logging.WARNING)
-    latency_cache = start_latency_cache()  # noqa: F841 - held so the actor lives as long as the search
+    cost_cache = start_cost_cache()  # noqa: F841 - held so the actor lives as long as the search
     tracker = SearchTracker(tracking_uri=args.mlflow_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
                             folder=RunFolder(prepared.run_uri), max_epochs=space.max_epochs,
                             num_samples=args.num_samples)

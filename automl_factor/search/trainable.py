@@ -3,7 +3,8 @@
 Each epoch ends with ``tune.report`` of the objectives and a checkpoint (model, optimizer,
 schedule, RNG), so a trial that is paused, retried or restored continues where it stopped. The
 data arrive through ``tune.with_parameters`` (one copy in the object store per node). Latency is
-measured once per distinct deployed architecture and device, and shared through a named actor.
+measured once per distinct deployed architecture and device (with FLOPs), and shared through a
+named actor.
 """
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ from ..train import train_one_epoch
 from ..factorization import collapse
 from .space import SearchSpace, plan_for
 
-__all__ = ["TrialSetup", "train_trial", "start_latency_cache", "trial_dirname", "CHECKPOINT_FILE", "TRIAL_FILE", "architecture_key"]
+__all__ = ["TrialSetup", "train_trial", "start_cost_cache", "trial_dirname", "CHECKPOINT_FILE", "TRIAL_FILE", "architecture_key"]
 
 CHECKPOINT_FILE = "state.pt"
 TRIAL_FILE = "trial.json"  # what export needs to rebuild the model: model, plan, data shape
-LATENCY_CACHE = "automl_factor_latency_cache"
+COST_CACHE = "automl_factor_cost_cache"
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,16 @@ class TrialSetup:
 
 
 @ray.remote(num_cpus=0)
-class LatencyCache:
-    """Latency (ms) by architecture key, shared by all trials of a Ray session."""
+class CostCache:
+    """(latency ms, FLOPs) by architecture key, shared by all trials of a search."""
 
     def __init__(self):
-        self._values: dict[str, float] = {}
+        self._values: dict[str, tuple[float, int]] = {}
 
-    def get(self, key: str) -> float | None:
+    def get(self, key: str) -> tuple[float, int] | None:
         return self._values.get(key)
 
-    def put(self, key: str, value: float) -> None:
+    def put(self, key: str, value: tuple[float, int]) -> None:
         self._values.setdefault(key, value)
 
 
@@ -62,25 +63,27 @@ def architecture_key(model: torch.nn.Module, input_shape: tuple[int, ...], devic
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def start_latency_cache() -> "ray.actor.ActorHandle":
+def start_cost_cache() -> "ray.actor.ActorHandle":
     """Called by the driver, which holds the handle for the whole search (the actor lives as long)."""
-    return LatencyCache.options(name=LATENCY_CACHE, get_if_exists=True).remote()
+    return CostCache.options(name=COST_CACHE, get_if_exists=True).remote()
 
 
-def cached_latency_ms(model: torch.nn.Module, input_shape: tuple[int, ...], threads: int) -> float:
-    """Measure once per architecture; later trials with the same architecture reuse the value.
-    Without the driver's cache actor (a trial run on its own) every call measures."""
-    device = next(model.parameters()).device
-    key = architecture_key(model, input_shape, device)
+def cached_cost(model: torch.nn.Module, input_shape: tuple[int, ...], threads: int) -> tuple[float, int]:
+    """(latency ms, FLOPs) of the deployed model, measured once per architecture and device; later
+    trials with the same architecture reuse it. Without the driver's cache actor, always measures."""
+    def measure() -> tuple[float, int]:
+        return latency_ms(model, input_shape, threads=threads), count_flops(model, input_shape)
+
+    key = architecture_key(model, input_shape, next(model.parameters()).device)
     try:
-        cache = ray.get_actor(LATENCY_CACHE)
+        cache = ray.get_actor(COST_CACHE)
     except ValueError:
-        return latency_ms(model, input_shape, threads=threads)
+        return measure()
     value = ray.get(cache.get.remote(key))
     if value is None:
-        value = latency_ms(model, input_shape, threads=threads)
+        value = measure()
         ray.get(cache.put.remote(key, value))
-    return value
+    return tuple(value)
 
 
 def trial_dirname(trial) -> str:
@@ -122,14 +125,14 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
     shape = (1, *data.image_shape)
     dense = dense.to(device)
     dense_params = count_params(dense)
-    latency = cached_latency_ms(model, shape, setup.latency_threads)
-    dense_latency = cached_latency_ms(dense, shape, setup.latency_threads)
+    latency, flops = cached_cost(model, shape, setup.latency_threads)
+    dense_latency, dense_flops = cached_cost(dense, shape, setup.latency_threads)
     fixed = {
         "params": count_params(model),
         "params_ratio": count_params(model) / dense_params,
         "latency_ms": latency,
         "latency_ratio": latency / dense_latency,
-        "flops_ratio": count_flops(model, shape) / count_flops(dense, shape),
+        "flops_ratio": flops / dense_flops,
     }
     eval_split = data.val if data.val is not None else data.test
     trial_info = {"model": space.model, "model_kwargs": space.model_kwargs, "num_classes": data.num_classes,
