@@ -232,7 +232,9 @@ def uniform_plan(model: nn.Module, *, params_ratio: float | None = None, rank_sc
 
     def plan_at(scale: float) -> Plan:
         return {
-            name: LayerPlan(kind=kind, init=init, layout=layout, regularizer=regularizer,
+            # An attention head pair is already a rank-d_h factorization: attention stays "lowrank".
+            name: LayerPlan(kind="lowrank" if is_attention(candidates[name]) else kind, init=init, layout=layout,
+                            regularizer=regularizer,
                             rank=_scaled_rank(candidates[name], scale * full_rank(candidates[name], layout)))
             for name in names
         }

@@ -220,7 +220,8 @@ def plan_for(space: SearchSpace, model: nn.Module, config: dict, budget: float) 
             if is_attention(modules[layer]):
                 heads = modules[layer].num_heads
                 rank = max(heads, math.ceil(rank / heads) * heads)
-            plan[layer] = LayerPlan(kind="deep" if kind == "deep" else "lowrank", rank=rank, layout=layout,
+            deep = kind == "deep" and not is_attention(modules[layer])  # attention pairs are low-rank only
+            plan[layer] = LayerPlan(kind="deep" if deep else "lowrank", rank=rank, layout=layout,
                                     init=config[f"{prefix}.init"], regularizer=config[f"{prefix}.regularizer"])
     target = config["budget_use"] * budget * planned_params(model, {})
     # A small budget_use may ask for less than rank 1 everywhere allows: take the smallest plan then.

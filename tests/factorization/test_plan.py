@@ -150,7 +150,22 @@ def test_attention_si_is_best_rank_per_head(dim, heads, attn_dim, bias) -> None:
         assert err_v == pytest.approx(_tail(old_values[h], rank), rel=1e-9, abs=1e-12)
         if rank < dim // heads:
             assert err_s > 1e-6 and err_v > 1e-6
-    torch.testing.assert_close(new.o.bias, attn.o.bias) if bias else None
+    if bias:
+        torch.testing.assert_close(new.o.bias, attn.o.bias)
+
+
+@pytest.mark.parametrize("heads,factor", [(1, 1), (1, 2), (3, 1), (3, 2), (3, 4)])
+def test_attention_full_and_overcomplete_si_reproduce_forward(heads, factor) -> None:
+    torch.manual_seed(0)
+    dim = 12
+    attn = SelfAttention(dim, heads).double()
+    with torch.no_grad():
+        for lin in (attn.q, attn.k, attn.v, attn.o):
+            lin.bias.normal_()
+    new = FactorizedAttention.from_attention(attn, factor * dim, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 5, dim, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), attn(x), rtol=1e-9, atol=1e-9)
 
 
 def test_attention_rank_must_be_multiple_of_heads() -> None:
@@ -447,6 +462,21 @@ def test_attention_plan_errors() -> None:
         factorize(model, {"blocks.0.attn": LayerPlan(kind="deep", rank=16)})
     with pytest.raises(ValueError, match="got 15"):
         factorize(model, {"blocks.0.attn": LayerPlan(rank=15)})
+
+
+@pytest.mark.parametrize("kind", ["lowrank", "deep"])
+def test_uniform_plan_on_vit_is_factorizable(kind) -> None:
+    """A uniform plan must be one factorize accepts (attention supports only low-rank pairs):
+    either uniform_plan refuses up front, or the plan it returns factorizes."""
+    model = _vit()
+    try:
+        plan = uniform_plan(model, params_ratio=0.3, kind=kind)
+    except ValueError:
+        return
+    assert plan["blocks.0.attn"].rank % 2 == 0
+    fmodel = factorize(model, plan)
+    assert isinstance(fmodel.blocks[0].attn, FactorizedAttention)
+    assert count_params(fmodel) == planned_params(model, plan) <= 0.3 * _plain_params(model)
 
 
 def test_parse_plan_accepts_dicts_and_layer_plans() -> None:

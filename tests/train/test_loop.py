@@ -115,7 +115,8 @@ def test_one_adamw_step_applies_decoupled_fd() -> None:
     fd_ref = _ids(factor_parameters(ref))
     assert all(g["weight_decay"] == 0.0 for g in ref_opt.param_groups if _ids(g["params"]) == fd_ref)
     opt = make_optimizer(fmodel, config)
-    train_one_epoch(fmodel, bundle, opt, make_schedule(opt, config, 1), config, generator=torch.Generator().manual_seed(0))
+    train_one_epoch(fmodel, bundle, opt, make_schedule(opt, config, 1), config,
+                    generator=torch.Generator().manual_seed(0))
     ref_config = config.model_copy(update={"regularizer": "none"})
     ref_opt = make_optimizer(ref, ref_config)
     train_one_epoch(ref, bundle, ref_opt, make_schedule(ref_opt, ref_config, 1), ref_config,
