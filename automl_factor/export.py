@@ -19,9 +19,6 @@ from torch import nn
 
 from .cli import Parser, fail
 
-CHECKPOINT_FILE, TRIAL_FILE = "state.pt", "trial.json"  # as written by search.trainable
-
-
 class Normalized(nn.Module):
     """Takes images in [0, 1] and applies the training normalization, so users need not know it."""
 
@@ -44,17 +41,12 @@ def _read_bytes(uri: str) -> bytes:
 
 
 def load_trial_model(checkpoint_uri: str) -> tuple[nn.Module, dict]:
-    """The trained, collapsed model of a trial checkpoint (plain torch.nn), and the trial's info."""
-    from .factorization import collapse, factorize
-    from .train import build_model_for
+    """The trained, collapsed model of a trial checkpoint (local folder or URI), and the trial's info."""
+    from .train.checkpoint import INFO_FILE, STATE_FILE, read_state, rebuild_model
 
-    info = json.loads(_read_bytes(f"{checkpoint_uri}/{TRIAL_FILE}"))
-    state = torch.load(io.BytesIO(_read_bytes(f"{checkpoint_uri}/{CHECKPOINT_FILE}")), map_location="cpu",
-                       weights_only=True)
-    dense = build_model_for(info["model"], info["num_classes"], tuple(info["image_shape"]), **info["model_kwargs"])
-    model = factorize(dense, info["plan"])
-    model.load_state_dict(state["model"])
-    return collapse(model).eval(), info
+    info = json.loads(_read_bytes(f"{checkpoint_uri}/{INFO_FILE}"))
+    state = read_state(_read_bytes(f"{checkpoint_uri}/{STATE_FILE}"))
+    return rebuild_model(info, state["model"]), info
 
 
 def export_program(model: nn.Module, info: dict, out: str | Path) -> torch.export.ExportedProgram:

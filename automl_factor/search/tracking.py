@@ -25,7 +25,7 @@ from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 
-from .pareto import HV_OBJECTIVES, HV_REFERENCE, OBJECTIVES, hypervolume, nondominated, objective_matrix  # noqa: E402
+from .pareto import HV_OBJECTIVES, OBJECTIVES, hypervolume, nondominated, objective_matrix  # noqa: E402
 
 __all__ = ["SearchTracker", "RunFolder", "TRIAL_TAG", "pareto_rows"]
 

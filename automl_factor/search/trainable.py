@@ -19,16 +19,13 @@ import ray
 import torch
 from ray import tune
 
-from ..factorization import count_params, factorize
-from ..train import DataBundle, build_model, count_flops, evaluate, latency_ms, make_optimizer, make_schedule
-from ..train import train_one_epoch
-from ..factorization import collapse
+from ..factorization import collapse, count_params, factorize
+from ..train import (DataBundle, build_model, count_flops, evaluate, latency_ms, make_optimizer, make_schedule,
+                     train_one_epoch)
+from ..train.checkpoint import STATE_FILE, read_state, write_checkpoint
 from .space import SearchSpace, plan_for
 
-__all__ = ["TrialSetup", "train_trial", "start_cost_cache", "trial_dirname", "CHECKPOINT_FILE", "TRIAL_FILE", "architecture_key"]
-
-CHECKPOINT_FILE = "state.pt"
-TRIAL_FILE = "trial.json"  # what export needs to rebuild the model: model, plan, data shape
+__all__ = ["TrialSetup", "train_trial", "start_cost_cache", "trial_dirname", "architecture_key"]
 COST_CACHE = "automl_factor_cost_cache"
 
 
@@ -115,7 +112,7 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, CHECKPOINT_FILE), map_location=device, weights_only=True)
+            state = read_state(os.path.join(folder, STATE_FILE), device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -145,9 +142,7 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
         if epoch == space.max_epochs:
             metrics["test_accuracy"] = evaluate(model, data.test, data)
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "generator": generator.get_state(), "epoch": epoch},
-                       os.path.join(folder, CHECKPOINT_FILE))
-            with open(os.path.join(folder, TRIAL_FILE), "w") as handle:
-                json.dump(trial_info, handle)
+            write_checkpoint(folder, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                      "schedule": schedule.state_dict(), "generator": generator.get_state(),
+                                      "epoch": epoch}, trial_info)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

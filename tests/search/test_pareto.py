@@ -1,7 +1,6 @@
 """Pareto helpers against brute force."""
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 
