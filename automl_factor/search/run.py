@@ -128,7 +128,8 @@ def run_search(prepared) -> list[dict]:
                     tune_config=tune.TuneConfig(search_alg=_searcher(prepared), scheduler=_scheduler(args, space.max_epochs),
                                                 num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
                                                 time_budget_s=args.time_budget_s,
-                                                trial_dirname_creator=trial_dirname),
+                                                trial_dirname_creator=trial_dirname,
+                                                reuse_actors=True),  # no new process (and imports) per trial
                     run_config=tune.RunConfig(name=prepared.name, storage_path=os.path.dirname(prepared.run_uri),
                                               callbacks=[tracker], verbose=0,
                                               checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

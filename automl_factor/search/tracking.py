@@ -194,7 +194,7 @@ class SearchTracker(tune.Callback):
     def progress_line(self, trials) -> str:
         counts = {status: sum(row["status"] == status for row in self.rows.values())
                   for status in ("complete", "pruned", "failed")}
-        running = sum(t.status == "RUNNING" for t in trials) if trials else 0
+        running = sum(t.status == "RUNNING" and t.trial_id not in self.rows for t in trials or [])
         front = pareto_rows(list(self.rows.values()))
         best = (f"front {len(front)} models, best accuracy {front[0]['accuracy']:.3f} at params "
                 f"{front[0]['params_ratio']:.3f}, smallest {min(r['params_ratio'] for r in front):.3f}"
