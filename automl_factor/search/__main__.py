@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = run_search(prepared)
     print_front(rows, args.mlflow_uri)
+    if len(rows) < args.num_samples and args.time_budget_s is None:
+        print(f"\nStopped after {len(rows)} of {args.num_samples} trials. Continue with:\n"
+              f"  python -m automl_factor.search --resume --name {prepared.name} --storage-path {args.storage_path} "
+              f"--mlflow-uri {args.mlflow_uri}")
     return 0
 
 

@@ -39,7 +39,8 @@ def _interrupt_after(folder: Path, finished: int) -> str:
 
 def test_resume_continues_without_rerunning_or_duplicating(tmp_path: Path):
     (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
-    _interrupt_after(tmp_path, finished=1)
+    output = _interrupt_after(tmp_path, finished=1)
+    assert "--resume --name r" in output, output[-3000:]
     table = tmp_path / "automl_runs" / "r" / "trials.parquet"
     before = {row["trial_id"]: row for row in pq.read_table(table).to_pylist()}
     assert 1 <= len(before) < NUM_SAMPLES
