@@ -1,4 +1,4 @@
 """The search service: Ray Tune trials, Optuna samplers, MO-ASHA, Pareto fronts in MLflow.
 
-The only part of the package that imports Ray or MLflow.
+With export.py, the only part of the package that imports Ray or MLflow.
 """
