@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = run_search(prepared)
     print_front(rows, args.mlflow_uri)
+    if rows and all(row["status"] == "failed" for row in rows):
+        print(f"error: every trial failed; first reason: {rows[0]['reason']}", file=sys.stderr)
+        return 1
     if len(rows) < args.num_samples and args.time_budget_s is None:
         print(f"\nStopped after {len(rows)} of {args.num_samples} trials. Continue with:\n"
               f"  python -m automl_factor.search --resume --name {prepared.name} --storage-path {args.storage_path} "

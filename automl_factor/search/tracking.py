@@ -134,6 +134,12 @@ class SearchTracker(tune.Callback):
         self._finish(trial, "failed", str(reason).strip().splitlines()[-1][:500], trials)
 
     def on_experiment_end(self, trials, **info) -> None:
+        # Trials still running when --time-budget-s ran out get no completion event: record them too.
+        for trial in trials:
+            if trial.trial_id not in self.rows and trial.last_result:
+                full = int(trial.last_result.get("epoch", 0)) >= self.max_epochs
+                self._finish(trial, "complete" if full else "pruned", "" if full else "stopped by the time budget",
+                             trials)
         self.finalize()
 
     # Internals ----------------------------------------------------------------------------------
