@@ -318,7 +318,7 @@ def main(argv=None):
     table_rows = [[r["layer"], r["shape"], r["batch"], r["layout"], r["memory"], r["rank_ratio"], r["rank"],
                    r["params_ratio"], r["dense_ms"], r["factorized_ms"], r["realized"], r["flop"], r["quotient"]]
                   for r in rows]
-    text = [f"# Layer benchmark (forward+backward)\n", f"machine: {machine()}, device `{device}`, "
+    text = ["# Layer benchmark (forward+backward)\n", f"machine: {machine()}, device `{device}`, "
             f"{threads} threads, median of torch.utils.benchmark blocked_autorange (min_run_time {min_run_time} s); "
             f"FLOPs from torch.utils.flop_counter (forward+backward, input gradient included). "
             f"Total run {time.perf_counter() - started:.0f} s.\n",

@@ -270,7 +270,7 @@ def _mean_std(values):
 
 def report(args, runs, out: Path, settings, dense_params, ranks, wall_s):
     results = list(runs.results.values())
-    text = [f"# Paper checks (Khodak et al. 2021) on a CIFAR-10 subset\n",
+    text = ["# Paper checks (Khodak et al. 2021) on a CIFAR-10 subset\n",
             f"machine: {machine()}; script wall time {wall_s / 60:.1f} min (runs already in runs.jsonl are reused)\n",
             "settings: `" + json.dumps(settings) + "`\n",
             f"Model {args.model} width x{args.width:g} ({dense_params:,} params); low-rank ranks at "

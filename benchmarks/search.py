@@ -34,7 +34,7 @@ import _common  # noqa: F401  (puts the repo on sys.path)
 import yaml
 
 from _common import DEFAULT_DATA, REPO, data_spec, machine, markdown_table, write_json
-from automl_factor.search.pareto import HV_OBJECTIVES, HV_REFERENCE, hypervolume, nondominated, objective_matrix
+from automl_factor.search.pareto import HV_OBJECTIVES, HV_REFERENCE, hypervolume, nondominated
 
 METHODS = {
     "ours": {"sampler": "tpe", "scheduler": "moasha", "space": "ours"},
@@ -283,7 +283,7 @@ def summarize(args, records: list[dict], out: Path):
             f"overhead = 1 − Σ training_seconds / (wall × {args.concurrency} concurrent trials); wall is the CLI "
             f"subprocess from launch to exit (Ray start, data loading, MLflow, latency, evaluation, checkpoints "
             f"all count as overhead).\n",
-            (f"Searches with ≥ 20 trials: " + ", ".join(f"{r['method']} seed {r['seed']}: {share:.1%} ({n} trials)"
+            ("Searches with ≥ 20 trials: " + ", ".join(f"{r['method']} seed {r['seed']}: {share:.1%} ({n} trials)"
                                                         for share, n, r in big)) if big else
             "No search reached 20 trials; all searches: " + ", ".join(
                 f"{r['method']} seed {r['seed']}: {share:.1%} ({n} trials)" for share, n, r in overheads), "",
