@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--name", default=None, help="name of this search under the storage path (default: a timestamp)")
     parser.add_argument("--mlflow-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI")
     parser.add_argument("--experiment", default="automl-factor", help="MLflow experiment name")
+    parser.add_argument("--no-warm-start", action="store_true",
+                        help="do not start from the paper's recipe (for ablations; by default it is the first trial)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue the search --name (default: the latest)")
     args = parser.parse_args(argv)

@@ -90,7 +90,7 @@ def _searcher(prepared) -> FullBudgetOptunaSearch:
         storage = optuna.storages.RDBStorage(f"sqlite:///{prepared.run_uri}/optuna.db")
     return FullBudgetOptunaSearch(
         space=SpaceSampler(space), metric=list(OBJECTIVES), mode=["max", "min", "min"],
-        points_to_evaluate=[paper_recipe_point(space)],
+        points_to_evaluate=None if args.no_warm_start else [paper_recipe_point(space)],
         sampler=make_sampler(args.sampler, args.seed, startup_trials=max(4, min(10, args.num_samples // 4))),
         storage=storage, study_name=prepared.name, max_epochs=space.max_epochs)
 
