@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from automl_factor.models._registry import register_model
+from .resnet import _init_weights
 
 __all__ = ["VGG", "vgg19"]
 
@@ -58,12 +59,7 @@ class VGG(nn.Module):
                 raise ValueError(f"config entries must be ints or 'M', got {item!r}")
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(width, num_classes)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        _init_weights(self)  # Kaiming fan_out convs, unit BN: the same init as the CIFAR ResNets
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(F.relu(self.stem_bn(self.stem(x))))
