@@ -8,13 +8,14 @@ hypervolume of the full-budget trials finished so far against wall time and tria
 Methods (every search gets the same time budget, trial cap, epochs, data and parameter budget):
 
 - ``ours``: the CLI default, TPE + MO-ASHA (+ the paper point as warm start, budget-feasible plans);
-- ``random_fifo``: random sampler, no early stopping;
-- ``tpe_asha``: TPE with Ray's plain (accuracy-only) ASHA;
+- ``random_fifo``: random sampler, no early stopping, no warm start;
+- ``tpe_asha``: TPE with Ray's plain (accuracy-only) ASHA, no warm start;
 - ``paper``: the paper's recipe, one uniform rank ratio for every layer (low-rank, spectral init,
-  Frobenius decay), swept over budget_use by the random sampler, no early stopping.
+  Frobenius decay), swept over budget_use by the random sampler, no early stopping (its first
+  trial is the full-budget point).
 
-    python benchmarks/search.py                       # ~40 min on 2 CPU cores: 4 methods x 3 seeds,
-                                                      # 2000 images, 4 epochs, <= 24 trials, 120 s each
+    python benchmarks/search.py                       # ~1 h on 2 CPU cores: 4 methods x 3 seeds,
+                                                      # 2000 images, 4 epochs, <= 40 trials, 250 s each
     python benchmarks/search.py --quick --data digits # smoke test
     # GPU cluster: --address auto --gpus-per-trial 0.25 --train-subset 45000 --max-epochs 30
     #              --num-samples 64 --time-budget-s 3600
@@ -37,10 +38,10 @@ from _common import DEFAULT_DATA, REPO, data_spec, machine, markdown_table, writ
 from automl_factor.search.pareto import HV_OBJECTIVES, HV_REFERENCE, hypervolume, nondominated
 
 METHODS = {
-    "ours": {"sampler": "tpe", "scheduler": "moasha", "space": "ours"},
-    "random_fifo": {"sampler": "random", "scheduler": "fifo", "space": "ours"},
-    "tpe_asha": {"sampler": "tpe", "scheduler": "asha", "space": "ours"},
-    "paper": {"sampler": "random", "scheduler": "fifo", "space": "paper"},
+    "ours": {"sampler": "tpe", "scheduler": "moasha", "space": "ours", "warm_start": True},
+    "random_fifo": {"sampler": "random", "scheduler": "fifo", "space": "ours", "warm_start": False},
+    "tpe_asha": {"sampler": "tpe", "scheduler": "asha", "space": "ours", "warm_start": False},
+    "paper": {"sampler": "random", "scheduler": "fifo", "space": "paper", "warm_start": True},
 }
 DEFAULT_SPACE = REPO / "search_spaces" / "default.yaml"
 
@@ -50,13 +51,13 @@ def parse_args(argv=None):
     parser.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10 parquet folder, or 'digits' (smoke test)")
     parser.add_argument("--out", default="benchmarks/out/search")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3; quick 1)")
-    parser.add_argument("--num-samples", type=int, default=None, help="trial cap per search (default 24; quick 2)")
+    parser.add_argument("--num-samples", type=int, default=None, help="trial cap per search (default 40; quick 2)")
     parser.add_argument("--max-epochs", type=int, default=None, help="epochs of a full trial (default 4; quick 1)")
     parser.add_argument("--train-subset", type=int, default=None, help="training images (default 2000)")
     parser.add_argument("--val-fraction", type=float, default=None,
                         help="share of the CIFAR train split held out for validation (default 0.02 = 1000 images)")
     parser.add_argument("--time-budget-s", type=float, default=None,
-                        help="wall budget of each search (default 120 s; quick none)")
+                        help="wall budget of each search (default 250 s; quick none)")
     parser.add_argument("--budget-params", type=float, default=0.1)
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--methods", default=None, help=f"comma list of {', '.join(METHODS)} (quick: ours,paper)")
@@ -67,10 +68,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     quick = args.quick
     args.seeds = args.seeds or (1 if quick else 3)
-    args.num_samples = args.num_samples or (2 if quick else 24)
+    args.num_samples = args.num_samples or (2 if quick else 40)
     args.max_epochs = args.max_epochs or (1 if quick else 4)
     if args.time_budget_s is None and not quick:
-        args.time_budget_s = 120.0
+        args.time_budget_s = 250.0
     args.methods = (args.methods or ("ours,paper" if quick else ",".join(METHODS))).split(",")
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -85,7 +86,7 @@ def write_spaces(args, folder: Path) -> dict[str, Path]:
     base["model"] = args.model
     spec = data_spec(args.data)
     if spec != "digits":
-        base["data"] = {"name": spec, "val_fraction": args.val_fraction or 0.02}
+        base["data"] = {"name": spec, "val_fraction": args.val_fraction or 0.02, "test_subset": 2000}
         if args.train_subset:
             base["data"]["train_subset"] = args.train_subset
         else:
@@ -126,6 +127,8 @@ def run_one(args, method: str, seed: int, spaces: dict, out: Path) -> dict:
                "--max-concurrent", str(args.concurrency)]
     if args.time_budget_s:
         command += ["--time-budget-s", str(args.time_budget_s)]
+    if not spec["warm_start"]:
+        command += ["--no-warm-start"]
     if args.gpus_per_trial:
         command += ["--gpus-per-trial", str(args.gpus_per_trial)]
     if args.address:

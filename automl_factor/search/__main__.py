@@ -124,7 +124,8 @@ def prepare(args) -> Prepared:
         if args.max_epochs is not None:
             space = space.model_copy(update={"max_epochs": args.max_epochs})
         data = load(space.data.name, root=space.data.root, val_fraction=space.data.val_fraction,
-                    train_subset=space.data.train_subset, download=space.data.download, seed=args.seed)
+                    train_subset=space.data.train_subset, test_subset=space.data.test_subset,
+                    download=space.data.download, seed=args.seed)
         dense = build_model(space.model, data, **space.model_kwargs)
         group_layers(space, dense)
         smallest, budget = minimum_params(space, dense), args.budget_params * count_params(dense)

@@ -62,6 +62,7 @@ class DataOptions(_Strict):
     root: str | None = None
     val_fraction: float = Field(0.2, ge=0, lt=1)
     train_subset: int | None = Field(None, ge=1)
+    test_subset: int | None = Field(None, ge=1)
     download: bool = False
 
 

@@ -3,8 +3,8 @@
 Each epoch ends with ``tune.report`` of the objectives and a checkpoint (model, optimizer,
 schedule, RNG), so a trial that is paused, retried or restored continues where it stopped. The
 data arrive through ``tune.with_parameters`` (one copy in the object store per node). Latency is
-measured once per distinct deployed architecture and device (with FLOPs), and shared through a
-named actor.
+measured once per distinct deployed architecture and device (with FLOPs), back to back with the
+dense model so both see the same machine load, and shared through a named actor.
 """
 from __future__ import annotations
 
@@ -41,15 +41,15 @@ class TrialSetup:
 
 @ray.remote(num_cpus=0)
 class CostCache:
-    """(latency ms, FLOPs) by architecture key, shared by all trials of a search."""
+    """(latency ms, dense latency ms, FLOPs) by architecture key, shared by all trials of a search."""
 
     def __init__(self):
-        self._values: dict[str, tuple[float, int]] = {}
+        self._values: dict[str, tuple[float, float, int]] = {}
 
-    def get(self, key: str) -> tuple[float, int] | None:
+    def get(self, key: str) -> tuple[float, float, int] | None:
         return self._values.get(key)
 
-    def put(self, key: str, value: tuple[float, int]) -> None:
+    def put(self, key: str, value: tuple[float, float, int]) -> None:
         self._values.setdefault(key, value)
 
 
@@ -65,12 +65,18 @@ def start_cost_cache() -> "ray.actor.ActorHandle":
     return CostCache.options(name=COST_CACHE, get_if_exists=True).remote()
 
 
-def cached_cost(model: torch.nn.Module, input_shape: tuple[int, ...], threads: int) -> tuple[float, int]:
-    """(latency ms, FLOPs) of the deployed model, measured once per architecture and device; later
-    trials with the same architecture reuse it. Without the driver's cache actor, always measures."""
-    def measure() -> tuple[float, int]:
-        return latency_ms(model, input_shape, threads=threads), count_flops(model, input_shape)
+def cached_cost(model: torch.nn.Module, dense: torch.nn.Module, input_shape: tuple[int, ...],
+                threads: int) -> tuple[float, float, int]:
+    """(latency ms, dense latency ms, FLOPs) of the deployed model, measured once per architecture and
+    device; later trials with the same architecture reuse it. The dense model is timed right after
+    the candidate, so their ratio holds even when other trials load the machine. Without the
+    driver's cache actor, always measures."""
+    def measure() -> tuple[float, float, int]:
+        latency = latency_ms(model, input_shape, threads=threads)
+        return latency, latency_ms(dense, input_shape, threads=threads), count_flops(model, input_shape)
 
+    if not ray.is_initialized():  # outside Ray (ray.get_actor would start a local Ray runtime)
+        return measure()
     key = architecture_key(model, input_shape, next(model.parameters()).device)
     try:
         cache = ray.get_actor(COST_CACHE)
@@ -122,8 +128,8 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
     shape = (1, *data.image_shape)
     dense = dense.to(device)
     dense_params = count_params(dense)
-    latency, flops = cached_cost(model, shape, setup.latency_threads)
-    dense_latency, dense_flops = cached_cost(dense, shape, setup.latency_threads)
+    latency, dense_latency, flops = cached_cost(model, dense, shape, setup.latency_threads)
+    dense_flops = count_flops(dense, shape)
     fixed = {
         "params": count_params(model),
         "params_ratio": count_params(model) / dense_params,

@@ -40,6 +40,12 @@ def test_val_fraction_and_train_subset_sizes() -> None:
     assert bundle.mean[0] == pytest.approx(pixels.mean().item())
 
 
+def test_test_subset_keeps_the_first_test_images() -> None:
+    full, cut = load("digits"), load("digits", test_subset=50)
+    assert torch.equal(cut.test.images, full.test.images[:50]) and torch.equal(cut.test.labels, full.test.labels[:50])
+    assert torch.equal(cut.train.images, full.train.images) and cut.mean == full.mean
+
+
 def test_test_split_does_not_depend_on_the_seed_but_val_does() -> None:
     first, second = load("digits", val_fraction=0.1, seed=0), load("digits", val_fraction=0.1, seed=1)
     assert torch.equal(first.test.images, second.test.images)
@@ -192,3 +198,5 @@ def test_unknown_specs_and_bad_arguments_are_refused(tmp_path: Path) -> None:
         load("digits", val_fraction=1.0)
     with pytest.raises(ValueError, match=r"train_subset must be in \[1, 1438\] for 'digits', got 0"):
         load("digits", train_subset=0)
+    with pytest.raises(ValueError, match=r"test_subset must be in \[1, 359\] for 'digits', got 360"):
+        load("digits", test_subset=360)
