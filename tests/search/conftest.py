@@ -36,7 +36,7 @@ def tiny_space(tmp_path: Path) -> Path:
     return path
 
 
-def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(module: str, *args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` as a user would, in ``cwd``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
