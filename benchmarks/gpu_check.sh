@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-GPU check, under 8 minutes: the layer benchmark on CUDA, then a short SI+FD vs plain low-rank
-# comparison (with +SI and +FD alone, and the Figure 2 ratios) on the lottery-ticket ResNet-32 at 10%.
+# comparison (with +SI and +FD alone; each run's per-epoch ‖UVᵀ‖_*/bound ratios are in runs.jsonl) on the
+# lottery-ticket ResNet-32 at 10%.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR] [CIFAR10_PARQUET_DIR]
 #
@@ -21,7 +22,7 @@ timeout 180 "$PY" benchmarks/layers.py --device cuda --threads 0 --out "$OUT_DIR
 echo "layers: exit $? after $(( $(date +%s) - start )) s"
 
 # 2. resnet32_lt at 10% params: low-rank, +SI, +FD, +SI+FD (seed 0), 10k images, 8 epochs, full test set.
-timeout 270 "$PY" benchmarks/paper.py --device cuda --data "$DATA" --out "$OUT_DIR/paper" --parts fig2 \
+timeout 270 "$PY" benchmarks/paper.py --device cuda --data "$DATA" --out "$OUT_DIR/paper" --parts lowrank \
     --model resnet32_lt --width 1 --seeds 1 --train-subset 10000 --epochs 8 --batch-size 128 \
     --test-subset 10000 > "$OUT_DIR/paper.log" 2>&1
 echo "paper: exit $? after $(( $(date +%s) - start )) s"

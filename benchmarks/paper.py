@@ -66,7 +66,7 @@ def parse_args(argv=None):
     parser.add_argument("--oc-width", type=float, default=1.0, help="width_multiplier of part (c)")
     parser.add_argument("--oc-seeds", type=int, default=None, help="seeds of part (c) (default 1)")
     parser.add_argument("--parts", default="fig2,table1,overcomplete",
-                        help="comma list of fig2, table1, overcomplete")
+                        help="comma list of fig2, table1, overcomplete, lowrank (Table 1's low-rank rows only)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     args = parser.parse_args(argv)
@@ -239,9 +239,11 @@ def main(argv=None):
             lowrank_run(f"fig2 {row}", f"fig2 {row}", init, regularizer, 0, epochs=args.fig2_epochs,
                         batch_size=args.fig2_batch_size, weight_decay=args.fig2_weight_decay)
 
-    for seed in range(args.seeds) if "table1" in args.parts else []:
+    for seed in range(args.seeds) if args.parts & {"table1", "lowrank"} else []:
         for row, init, regularizer in LOWRANK_ROWS:
             lowrank_run(f"{row} | seed {seed}", row, init, regularizer, seed)
+        if "table1" not in args.parts:  # "lowrank": Table 1's four low-rank rows only
+            continue
         key = f"dense | seed {seed}"
         dense_key, prune_key = key, f"pruning | seed {seed}"
         if not (runs.done(dense_key) and runs.done(prune_key)):
