@@ -17,7 +17,7 @@ Methods (every search gets the same time budget, trial cap, epochs, data and par
     python benchmarks/search.py                       # ~1 h on 2 CPU cores: 4 methods x 3 seeds,
                                                       # 2000 images, 4 epochs, <= 40 trials, 250 s each
     python benchmarks/search.py --quick --data digits # smoke test
-    # GPU cluster: --address auto --gpus-per-trial 0.25 --train-subset 45000 --max-epochs 30
+    # GPU cluster: --address auto --device cuda --gpus-per-trial 0.25 --train-subset 45000 --max-epochs 30
     #              --num-samples 64 --time-budget-s 3600
 """
 from __future__ import annotations
@@ -62,7 +62,9 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--methods", default=None, help=f"comma list of {', '.join(METHODS)} (quick: ours,paper)")
     parser.add_argument("--concurrency", type=int, default=None, help="trials at once (default: CPU count)")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: trials get GPUs (default share 1/concurrency each, see --gpus-per-trial)")
+    parser.add_argument("--gpus-per-trial", type=float, default=None)
     parser.add_argument("--address", default=None, help="an existing Ray cluster (GPU-cluster version)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
@@ -77,6 +79,10 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     args.concurrency = args.concurrency or os.cpu_count() or 1
+    if args.gpus_per_trial is None:
+        args.gpus_per_trial = 1.0 / args.concurrency if args.device == "cuda" else 0.0
+    if args.device == "cpu" and args.gpus_per_trial:
+        parser.error(f"--gpus-per-trial {args.gpus_per_trial} needs --device cuda")
     return args
 
 
@@ -270,6 +276,8 @@ def summarize(args, records: list[dict], out: Path):
     text = ["# Search benchmark: hypervolume vs compute\n",
             f"machine: {machine()}\n",
             "settings: `" + json.dumps(settings_of(args)) + "`\n",
+            "data (as written to the spaces): `" + json.dumps(yaml.safe_load((out / "space_ours.yaml").read_text())["data"])
+            + "`\n",
             f"Hypervolume of the complete (full-budget) trials' front in ({', '.join(HV_OBJECTIVES)}), reference "
             f"{HV_REFERENCE}; accuracy is validation accuracy. 'median [min–max]' over seeds. Equal-compute columns: "
             f"each search's HV when it had spent the smallest total trial-epochs (or wall time) of any method with "
@@ -307,9 +315,10 @@ def _med(values, scale=1.0):
     values = [v * scale for v in values if v == v]
     if not values:
         return "-"
+    fmt = (lambda v: f"{v:g}") if all(float(v).is_integer() for v in values) else (lambda v: f"{v:.3f}")
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.median(values):.3f} [{min(values):.3f}–{max(values):.3f}]"
+        return fmt(values[0])
+    return f"{fmt(statistics.median(values))} [{fmt(min(values))}–{fmt(max(values))}]"
 
 
 def plot(records, curves, path):

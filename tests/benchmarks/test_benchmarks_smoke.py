@@ -42,3 +42,26 @@ def test_search_quick(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "| ours | 0 | 2 |" in table and "Overhead" in table
     assert (tmp_path / "hypervolume.png").stat().st_size > 0
+
+
+def test_search_device_option():
+    # --device cuda shares each GPU between the concurrent trials; GPUs without --device cuda is a usage error.
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import search
+
+    args = search.parse_args(["--device", "cuda", "--concurrency", "4"])
+    assert args.gpus_per_trial == 0.25
+    assert search.parse_args(["--concurrency", "4"]).gpus_per_trial == 0.0
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "search.py"), "--gpus-per-trial", "0.5"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--gpus-per-trial 0.5 needs --device cuda" in bad.stderr
+
+
+def test_search_median_format():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import search
+
+    assert search._med([23, 28, 31]) == "28 [23–31]"
+    assert search._med([0.45, 0.487, 0.468]) == "0.468 [0.450–0.487]"
+    assert search._med([0.3], 100) == "30"
+    assert search._med([float("nan")]) == "-"
