@@ -44,11 +44,17 @@ def test_search_quick(tmp_path):
     assert (tmp_path / "hypervolume.png").stat().st_size > 0
 
 
-def test_search_device_option():
-    # --device cuda shares each GPU between the concurrent trials; GPUs without --device cuda is a usage error.
-    sys.path.insert(0, str(REPO / "benchmarks"))
+@pytest.fixture
+def search(monkeypatch):
+    """benchmarks/search.py as a module, for its argument parsing and table formatting."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import search
 
+    return search
+
+
+def test_search_device_option(search):
+    # --device cuda shares each GPU between the concurrent trials; GPUs without --device cuda is a usage error.
     args = search.parse_args(["--device", "cuda", "--concurrency", "4"])
     assert args.gpus_per_trial == 0.25
     assert search.parse_args(["--concurrency", "4"]).gpus_per_trial == 0.0
@@ -57,10 +63,7 @@ def test_search_device_option():
     assert bad.returncode == 2 and "--gpus-per-trial 0.5 needs --device cuda" in bad.stderr
 
 
-def test_search_median_format():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import search
-
+def test_search_median_format(search):
     assert search._med([23, 28, 31]) == "28 [23–31]"
     assert search._med([0.45, 0.487, 0.468]) == "0.468 [0.450–0.487]"
     assert search._med([0.3], 100) == "30"
