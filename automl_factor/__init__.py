@@ -9,14 +9,14 @@ The library part (no Ray, no MLflow)::
     dense = af.collapse(fmodel)             # plain torch.nn, for deployment
 """
 from . import models
-from .factorization import (FactorizedAttention, FactorizedConv2d, FactorizedLinear, LayerPlan, collapse,
-                            count_params, decoupled_frobenius_decay_, factorizable_layers, factorize,
+from .factorization import (FactorizedAttention, FactorizedConv2d, FactorizedLinear, LayerPlan, add_frobenius_grad_,
+                            collapse, count_params, decoupled_frobenius_decay_, factorizable_layers, factorize,
                             fit_to_budget, frobenius_penalty, planned_params, uniform_plan)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FactorizedAttention", "FactorizedConv2d", "FactorizedLinear", "LayerPlan", "collapse", "count_params",
+    "FactorizedAttention", "FactorizedConv2d", "FactorizedLinear", "LayerPlan", "add_frobenius_grad_", "collapse", "count_params",
     "decoupled_frobenius_decay_", "factorizable_layers", "factorize", "fit_to_budget", "frobenius_penalty",
     "models", "planned_params", "uniform_plan",
 ]

@@ -76,15 +76,18 @@ class FactorizedAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x)
 
-    def head_factors(self) -> list[tuple[torch.Tensor, torch.Tensor, None]]:
+    def head_factors(self, of=lambda tensor: tensor) -> list[tuple[torch.Tensor, torch.Tensor, None]]:
         """[(A, B, None)] batched over heads with per-head products ``A_h B_hᵀ``: the score forms
-        ``W_q,hᵀ W_k,h`` and the value-output maps ``O_h W_v,h`` (weights only, what FD decays)."""
+        ``W_q,hᵀ W_k,h`` and the value-output maps ``O_h W_v,h`` (weights only, what FD decays).
+
+        ``of`` picks what is viewed: the weights (default) or, e.g., ``lambda p: p.grad``, which gives
+        views of the gradients laid out like the factors, so closed-form FD can add into them."""
         inner = self.inner
         heads, head_dim, dim = inner.num_heads, inner.attn_dim // inner.num_heads, inner.dim
-        q = inner.q.weight.reshape(heads, head_dim, dim).transpose(1, 2)
-        k = inner.k.weight.reshape(heads, head_dim, dim).transpose(1, 2)
-        v = inner.v.weight.reshape(heads, head_dim, dim).transpose(1, 2)
-        o = inner.o.weight.reshape(dim, heads, head_dim).permute(1, 0, 2)
+        q = of(inner.q.weight).view(heads, head_dim, dim).transpose(1, 2)
+        k = of(inner.k.weight).view(heads, head_dim, dim).transpose(1, 2)
+        v = of(inner.v.weight).view(heads, head_dim, dim).transpose(1, 2)
+        o = of(inner.o.weight).view(dim, heads, head_dim).permute(1, 0, 2)
         return [(q, k, None), (o, v, None)]
 
     def inference_params(self) -> int:

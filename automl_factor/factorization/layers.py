@@ -51,9 +51,10 @@ class FactorizedLayer(nn.Module):
         """``U M`` for deep layers (multiplied once per forward), else ``U``."""
         return self.U if self.M is None else self.U @ self.M
 
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(U, V, M) with ``W = U M Vᵀ``: what Frobenius decay penalizes."""
-        return self.U, self.V, self.M
+    def factors(self, of=lambda tensor: tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(U, V, M) with ``W = U M Vᵀ``: what Frobenius decay penalizes (``of`` as in
+        ``FactorizedAttention.head_factors``: ``lambda p: p.grad`` gives their gradients)."""
+        return of(self.U), of(self.V), None if self.M is None else of(self.M)
 
     def weight_matrix(self) -> torch.Tensor:
         """The effective m × n matrix ``U M Vᵀ``."""

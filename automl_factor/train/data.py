@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -70,6 +71,14 @@ class DataBundle:
     std: tuple[float, ...]
     crop_padding: int
     flip: bool
+
+    def to(self, device: torch.device | str) -> "DataBundle":
+        """The same bundle with every split on ``device``: a trial copies its data to the GPU once,
+        not once per epoch (``iterate_batches`` then finds it there)."""
+        def moved(split: Dataset | None) -> Dataset | None:
+            return None if split is None else Dataset(split.images.to(device), split.labels.to(device))
+
+        return dataclasses.replace(self, train=moved(self.train), val=moved(self.val), test=moved(self.test))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -132,24 +141,30 @@ def augment_batch(
     """Random crop with `padding` zero pixels on each side, then (if `flip`) random horizontal flips.
 
     Works on a whole ``(B, C, H, W)`` batch of any dtype by gathering each image's window from the
-    padded batch with one advanced-indexing call. Random numbers come from `generator` (a CPU
-    generator) so that a seeded run is reproducible on any device.
+    padded batch with one advanced-indexing call. Random numbers are drawn on `generator`'s device:
+    a CPU generator gives the same images on any device; a generator on the batch's GPU keeps the
+    whole step on the GPU (no host-to-device copy per batch).
     """
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
     batch, _, height, width = x.shape
     if padding > 0:
         padded = F.pad(x, (padding, padding, padding, padding))
-        offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator).to(x.device)
+        offsets = torch.randint(0, 2 * padding + 1, (2, batch), generator=generator, device=_rng_device(generator))
+        offsets = offsets.to(x.device)
         rows = offsets[0, :, None] + torch.arange(height, device=x.device)  # (B, H)
         cols = offsets[1, :, None] + torch.arange(width, device=x.device)  # (B, W)
         images = torch.arange(batch, device=x.device)[:, None, None, None]
         channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = padded[images, channels, rows[:, None, :, None], cols[:, None, None, :]]
     if flip:
-        flipped = (torch.rand(batch, generator=generator) < 0.5).to(x.device)
+        flipped = (torch.rand(batch, generator=generator, device=_rng_device(generator)) < 0.5).to(x.device)
         x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
     return x
+
+
+def _rng_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
 
 
 def iterate_batches(
@@ -161,13 +176,15 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     channels_last: bool = False,
+    drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)``: `x` float32, normalized with the bundle's mean/std, on `device`.
 
     With ``train=True`` the order is a permutation drawn from `generator`, each batch is augmented
     with the bundle's recipe, and a last batch of a single image is dropped (batch norm cannot
-    train on one). With ``train=False`` the order is fixed, nothing is augmented, and every image is
-    seen once.
+    train on one); ``drop_last`` drops any partial last batch, so every step has one shape (what a
+    compiled step or a CUDA graph needs). With ``train=False`` the order is fixed, nothing is
+    augmented, and every image is seen once. A split already on `device` is not copied.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -176,10 +193,12 @@ def iterate_batches(
     mean = torch.tensor(bundle.mean, device=images.device).view(1, -1, 1, 1) * 255.0
     std = torch.tensor(bundle.std, device=images.device).view(1, -1, 1, 1) * 255.0
     count = len(split)
-    order = torch.randperm(count, generator=generator).to(images.device) if train else None
+    order = torch.randperm(count, generator=generator, device=_rng_device(generator)).to(images.device) if train else None
     for start in range(0, count, batch_size):
         index = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
         x, y = images[index], labels[index]
+        if drop_last and y.shape[0] < batch_size:
+            break
         if train:
             if y.shape[0] < 2:
                 break

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from automl_factor import models
-from automl_factor.factorization import (FactorizedAttention, FactorizedLayer, LayerPlan, decoupled_frobenius_decay_,
+from automl_factor.factorization import (FactorizedAttention, FactorizedLayer, LayerPlan, add_frobenius_grad_,
+                                         decoupled_frobenius_decay_,
                                          factor_parameters, factorizable_layers, factorize, frobenius_grads,
                                          frobenius_penalty, half_frobenius_sq, nuclear_norm_and_bound)
 
@@ -164,15 +165,7 @@ def test_penalty_of_dense_model_is_zero() -> None:
 
 def _dense_fd_grads(fmodel, params):
     """Autograd of Σ ½‖dense product‖² over FD layers, every product formed explicitly."""
-    total = torch.zeros((), dtype=torch.float64)
-    for mod in fmodel.modules():
-        if getattr(mod, "regularizer", None) != "fd":
-            continue
-        if isinstance(mod, FactorizedLayer):
-            total = total + 0.5 * mod.weight_matrix().square().sum()
-        elif isinstance(mod, FactorizedAttention):
-            total = total + _attention_penalty_by_slicing(mod.inner)
-    return torch.autograd.grad(total, params)
+    return torch.autograd.grad(_dense_fd_total(fmodel), params)
 
 
 @pytest.mark.parametrize("lr,coeff", [(0.1, 1e-3), (0.5, 0.2)])
@@ -223,3 +216,61 @@ def test_factor_parameters_of_attention_are_the_four_weights() -> None:
     inner = fmodel.blocks[0].attn.inner
     fd = factor_parameters(fmodel)
     assert {id(p) for p in fd} == {id(inner.q.weight), id(inner.k.weight), id(inner.v.weight), id(inner.o.weight)}
+
+
+# --- closed-form FD on the gradients (what training uses) -----------------------------------------
+
+
+def _vit_mixed():
+    fmodel = factorize(_vit(), {"blocks.0.attn": LayerPlan(rank=16), "blocks.0.mlp.fc1": LayerPlan(kind="deep", rank=5),
+                                "blocks.0.mlp.fc2": LayerPlan(rank=3, regularizer="wd")})
+    with torch.no_grad():
+        for i, p in enumerate(fmodel.parameters()):
+            p.add_(0.1 * _rand(*p.shape, seed=200 + i))
+    return fmodel
+
+
+@pytest.mark.parametrize("build", [lambda: _resnet_factorized(("fd", "fd", "wd"))[0], _vit_mixed],
+                         ids=["resnet_kinds_layouts", "vit_attention"])
+@pytest.mark.parametrize("coeff", [1e-3, 0.7])
+def test_add_frobenius_grad_equals_autograd_of_dense_products(build, coeff) -> None:
+    """Every kind (low-rank, deep, overcomplete rank 100), both conv layouts, attention heads, and a
+    ``wd`` layer left alone: grad += coeff · autograd of Σ ½‖dense product‖² over FD layers."""
+    fmodel = build()
+    params = list(fmodel.parameters())
+    existing = [_rand(*p.shape, seed=300 + i) for i, p in enumerate(params)]
+    for p, g in zip(params, existing):
+        p.grad = g.clone()
+    want = dict(zip(map(id, params), torch.autograd.grad(_dense_fd_total(fmodel), params, allow_unused=True)))
+    add_frobenius_grad_(fmodel, coeff)
+    fd_ids = {id(p) for p in factor_parameters(fmodel, regularizer="fd")}
+    assert fd_ids
+    for p, g in zip(params, existing):
+        if id(p) in fd_ids:
+            torch.testing.assert_close(p.grad, g + coeff * want[id(p)], rtol=1e-10, atol=1e-12)
+        else:
+            assert torch.equal(p.grad, g)  # biases, BN, dense layers and wd factors untouched
+
+
+def _dense_fd_total(fmodel) -> torch.Tensor:
+    total = torch.zeros((), dtype=torch.float64)
+    for mod in fmodel.modules():
+        if getattr(mod, "regularizer", None) != "fd":
+            continue
+        if isinstance(mod, FactorizedLayer):
+            total = total + 0.5 * mod.weight_matrix().square().sum()
+        elif isinstance(mod, FactorizedAttention):
+            total = total + _attention_penalty_by_slicing(mod.inner)
+    return total
+
+
+def test_add_frobenius_grad_equals_penalty_backward_and_starts_missing_grads_at_zero() -> None:
+    fmodel, _ = _resnet_factorized()
+    penalty_model, _ = _resnet_factorized()
+    (0.01 * frobenius_penalty(penalty_model, fd_only=True)).backward()
+    add_frobenius_grad_(fmodel, 0.01)  # no backward before: every factor grad starts at zero
+    for (name, p), q in zip(fmodel.named_parameters(), penalty_model.parameters()):
+        if q.grad is None:
+            assert p.grad is None, name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-14, msg=name)
