@@ -43,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--fd-model", default="resnet20", help="resnet20 (x width-multiplier) or resnet32_lt")
     parser.add_argument("--fd-width", type=float, default=4.0, help="width_multiplier of --fd-model")
     parser.add_argument("--fd-batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch of every layer timing (default 128 for linears, 64 for convs)")
+    parser.add_argument("--fd-only", action="store_true", help="only the FD-overhead part (writes fd_overhead.json)")
     return parser.parse_args(argv)
 
 
@@ -162,7 +165,7 @@ def try_compile(size, channels, batch, device, threads, min_run_time, limit_s=12
 def fd_overhead(model_name, width, batch, device, repeats, quick) -> dict:
     """One SGD step (the library's train_one_epoch on one batch) with FD vs plain weight decay."""
     from automl_factor import models
-    from automl_factor.factorization import frobenius_penalty
+    from automl_factor.factorization import add_frobenius_grad_, frobenius_penalty
     from automl_factor.train import TrainConfig, make_optimizer, make_schedule, train_one_epoch
     from automl_factor.train.data import DataBundle, Dataset
 
@@ -202,19 +205,27 @@ def fd_overhead(model_name, width, batch, device, repeats, quick) -> dict:
             times[regularizer].append(step(regularizer))
     fd_model = setups["fd"][0]
 
-    def penalty():
+    def penalty():  # the old way: FD as an autograd penalty added to the loss
         for p in fd_model.parameters():
             p.grad = None
         frobenius_penalty(fd_model, fd_only=True).backward()
 
+    def closed_form():  # what training does now: closed-form gradients, batched over equal shapes
+        add_frobenius_grad_(fd_model, 5e-4)
+        sync(device)
+
     penalty()
+    timer_threads = torch.get_num_threads()
     penalty_s = benchmark.Timer(stmt="penalty()", globals={"penalty": penalty},
-                                num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=0.3).median
+                                num_threads=timer_threads).blocked_autorange(min_run_time=0.3).median
+    closed_s = benchmark.Timer(stmt="closed_form()", globals={"closed_form": closed_form},
+                               num_threads=timer_threads).blocked_autorange(min_run_time=0.3).median
     fd, wd = statistics.median(times["fd"]), statistics.median(times["wd"])
     return {"model": f"{model_name} width x{width:g}", "params_ratio": params_ratio, "batch": batch,
             "repeats": repeats, "fd_step_s": fd, "wd_step_s": wd, "overhead_pct": 100 * (fd / wd - 1),
             "fd_steps_s": times["fd"], "wd_steps_s": times["wd"], "penalty_fwd_bwd_ms": penalty_s * 1e3,
-            "penalty_share_pct": 100 * penalty_s / wd,
+            "penalty_share_pct": 100 * penalty_s / wd, "closed_form_ms": closed_s * 1e3,
+            "closed_form_share_pct": 100 * closed_s / wd,
             "paired_overhead_pct_median": 100 * statistics.median(f / w - 1 for f, w in zip(times["fd"], times["wd"]))}
 
 
@@ -266,6 +277,33 @@ def summary_rows(rows):
     return out
 
 
+def wide_layers_line(rows) -> str:
+    """Issue 10's per-layer target: layers >= 256 wide reaching >= 60% of their FLOP speedup."""
+    def width(row):
+        return int(row["shape"].split("@")[-1]) if "@" in row["shape"] else int(row["shape"].split("x")[0])
+
+    wide = [r for r in rows if width(r) >= 256 and r["memory"] in ("-", "contiguous")]
+    hits = sum(r["quotient"] >= 0.6 for r in wide)
+    return (f"layers >= 256 wide (batch {wide[0]['batch'] if wide else '-'}): {hits}/{len(wide)} reach >= 60% of "
+            f"their FLOP speedup; {sum(r['realized'] > 1 for r in wide)}/{len(wide)} faster than dense")
+
+
+def report_fd_overhead(args, device, out: Path, threads: int) -> dict:
+    """Run and print the FD-overhead part; with ``--fd-only`` also write it to fd_overhead.json."""
+    quick = args.quick
+    print("FD overhead ...", flush=True)
+    fd = fd_overhead("resnet20" if quick else args.fd_model, 1.0 if quick else args.fd_width,
+                     8 if quick else args.fd_batch, device, args.fd_repeats or (2 if quick else 7), quick)
+    print(f"FD overhead: {fd['overhead_pct']:+.1f}% (paired median {fd['paired_overhead_pct_median']:+.1f}%; FD step "
+          f"{fd['fd_step_s']*1e3:.0f} ms vs WD {fd['wd_step_s']*1e3:.0f} ms); closed-form FD alone "
+          f"{fd['closed_form_ms']:.2f} ms = {fd['closed_form_share_pct']:.2f}% of a step (the old penalty fwd+bwd: "
+          f"{fd['penalty_fwd_bwd_ms']:.1f} ms = {fd['penalty_share_pct']:.1f}%)", flush=True)
+    if args.fd_only:
+        write_json(out / "fd_overhead.json", {"fd_overhead": fd, "machine": machine(), "device": str(device),
+                                              "threads": threads})
+    return fd
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -282,11 +320,15 @@ def main(argv=None):
     min_run_time = args.min_run_time or (0.01 if quick else 0.4)
     widths = (64, 128) if quick else (64, 128, 256, 512, 1024)
     conv_shapes = ((8, 16),) if quick else ((32, 64), (16, 128), (8, 256), (8, 512))
-    conv_batch = 4 if quick else 64
+    conv_batch = args.batch or (4 if quick else 64)
+    linear_batch = args.batch or (8 if quick else 128)
     started = time.perf_counter()
     print(f"machine: {machine()}; device {device}", flush=True)
 
-    rows = bench_linears(widths, 8 if quick else 128, device, threads, min_run_time)
+    if args.fd_only:
+        report_fd_overhead(args, device, out, threads)
+        return
+    rows = bench_linears(widths, linear_batch, device, threads, min_run_time)
     formats = ("contiguous", "channels_last")
     rows += bench_convs(conv_shapes, conv_batch, device, threads, min_run_time, formats)
 
@@ -306,12 +348,7 @@ def main(argv=None):
         compile_result = try_compile(16, 128, conv_batch, device, threads, min_run_time)
         print(f"torch.compile: {compile_result}", flush=True)
 
-    print("FD overhead ...", flush=True)
-    fd = fd_overhead("resnet20" if quick else args.fd_model, 1.0 if quick else args.fd_width,
-                     8 if quick else args.fd_batch, device, args.fd_repeats or (2 if quick else 7), quick)
-    print(f"FD overhead: {fd['overhead_pct']:+.1f}% (FD step {fd['fd_step_s']*1e3:.0f} ms vs WD "
-          f"{fd['wd_step_s']*1e3:.0f} ms; penalty fwd+bwd alone {fd['penalty_fwd_bwd_ms']:.1f} ms = "
-          f"{fd['penalty_share_pct']:.1f}% of a step)", flush=True)
+    fd = report_fd_overhead(args, device, out, threads)
 
     header = ["layer", "shape", "batch", "layout", "memory", "rank ratio", "rank", "params ratio", "dense ms",
               "factorized ms", "realized speedup", "FLOP speedup", "realized/FLOP"]
@@ -325,20 +362,24 @@ def main(argv=None):
             "## Summary (median over widths and rank ratios)\n",
             markdown_table(["layer", "layout", "memory", "n", "median realized/FLOP", "median realized speedup",
                             "best realized speedup", "faster than dense"], summary_rows(rows)), "",
+            wide_layers_line(rows) + "\n",
             "## channels_last vs contiguous (time contiguous / time channels_last; > 1: channels_last faster)\n",
             markdown_table(["shape", "layout", "rank ratio", "dense", "factorized"], cl_rows), "",
             "## torch.compile (one factorized conv, spatial, rank 1/4)\n", f"`{compile_result}`\n",
             "## FD overhead: one SGD step, Frobenius decay vs plain weight decay\n",
             markdown_table(["model", "params ratio", "batch", "repeats (interleaved)", "FD step ms", "WD step ms",
-                            "overhead %", "paired median %", "FD penalty fwd+bwd ms", "penalty / step %"],
+                            "overhead %", "paired median %", "closed-form FD ms", "closed-form / step %",
+                            "old penalty fwd+bwd ms", "old penalty / step %"],
                            [[fd["model"], fd["params_ratio"], fd["batch"], fd["repeats"], fd["fd_step_s"] * 1e3,
                              fd["wd_step_s"] * 1e3, fd["overhead_pct"], fd["paired_overhead_pct_median"],
+                             fd["closed_form_ms"], fd["closed_form_share_pct"],
                              fd["penalty_fwd_bwd_ms"], fd["penalty_share_pct"]]]), "",
             "## All layers\n", markdown_table(header, table_rows), ""]
     (out / "table.md").write_text("\n".join(text))
     write_json(out / "results.json", {"rows": rows, "compile": compile_result, "fd_overhead": fd,
                                       "machine": machine(), "device": str(device), "threads": threads})
     plot(rows, out / "speedup.png")
+    print(wide_layers_line(rows), flush=True)
     print(f"wrote {out / 'table.md'}, {out / 'speedup.png'} in {time.perf_counter() - started:.0f} s", flush=True)
 
 

@@ -7,6 +7,8 @@ ratios against the dense model.
 """
 from __future__ import annotations
 
+import argparse
+
 import sys
 import time
 
@@ -49,6 +51,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--schedule", choices=["multistep", "cosine"], default="multistep")
     parser.add_argument("--warmup-epochs", type=float, default=0.0)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the training step (default: on for CUDA, off for CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                              momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
                              schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-                             regularizer=args.regularizer, channels_last=args.channels_last)
+                             regularizer=args.regularizer, channels_last=args.channels_last,
+                             compile=args.compile)
         data = load(args.dataset, root=args.data_root, download=args.download, val_fraction=args.val_fraction,
                     train_subset=args.train_subset, seed=args.seed)
         dense = build_model(args.model, data).to(args.device)
