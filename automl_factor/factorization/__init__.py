@@ -3,14 +3,14 @@ from .attention import FactorizedAttention, head_products, is_attention
 from .frobenius import frobenius_grads, half_frobenius_sq, nuclear_norm_and_bound
 from .layers import FactorizedConv2d, FactorizedLayer, FactorizedLinear
 from .plan import (LayerPlan, Plan, collapse, count_params, factorizable_layers, factorize, fit_to_budget,
-                   full_rank, is_factorized, parse_plan, planned_params, uniform_plan)
+                   full_rank, is_factorized, parse_plan, planned_params, round_ranks, uniform_plan)
 from .regularize import add_frobenius_grad_, decoupled_frobenius_decay_, factor_parameters, frobenius_penalty
 from .spectral import best_rank_error, spectral_factors
 
 __all__ = [
-    "FactorizedAttention", "FactorizedConv2d", "add_frobenius_grad_", "FactorizedLayer", "FactorizedLinear", "LayerPlan", "Plan",
-    "best_rank_error", "collapse", "count_params", "decoupled_frobenius_decay_", "factor_parameters",
+    "FactorizedAttention", "FactorizedConv2d", "FactorizedLayer", "FactorizedLinear", "LayerPlan", "Plan",
+    "add_frobenius_grad_", "best_rank_error", "collapse", "count_params", "decoupled_frobenius_decay_", "factor_parameters",
     "factorizable_layers", "factorize", "fit_to_budget", "frobenius_grads", "frobenius_penalty", "full_rank",
     "half_frobenius_sq", "head_products", "is_attention", "is_factorized", "nuclear_norm_and_bound",
-    "parse_plan", "planned_params", "spectral_factors", "uniform_plan",
+    "parse_plan", "planned_params", "round_ranks", "spectral_factors", "uniform_plan",
 ]

@@ -16,12 +16,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
-from .attention import FactorizedAttention, is_attention
+from .attention import FactorizedAttention, deployed_attn_dim, is_attention
 from .layers import FactorizedConv2d, FactorizedLayer, FactorizedLinear
 
 __all__ = [
     "LayerPlan", "Plan", "parse_plan", "factorizable_layers", "factorize", "collapse", "count_params",
-    "planned_params", "full_rank", "uniform_plan", "fit_to_budget", "is_factorized",
+    "planned_params", "full_rank", "uniform_plan", "fit_to_budget", "round_ranks", "is_factorized",
 ]
 
 
@@ -117,8 +117,8 @@ def _layer_params(module: nn.Module, layer: LayerPlan | None) -> int:
     if layer is None or layer.kind == "dense":
         return dense
     if is_attention(module):
-        d, e = module.dim, layer.rank
-        bias = module.q.bias is not None
+        d, bias = module.dim, module.q.bias is not None
+        e = deployed_attn_dim(d, module.num_heads, layer.rank, bias)  # what collapse() keeps
         return 4 * d * e + (3 * e if bias else 0) + (d if module.o.bias is not None else 0)
     m, n = matrix_shape(module, layer.layout)
     bias = 0 if module.bias is None else module.bias.numel()
@@ -294,3 +294,36 @@ def fit_to_budget(model: nn.Module, plan: Mapping[str, LayerPlan], max_params: f
         plan[name] = layer.model_copy(update={"kind": "lowrank" if layer.kind == "dense" else layer.kind,
                                               "rank": max(1, rank)})
     return _largest_fitting(model, scaled, max_params)
+
+
+def round_ranks(model: nn.Module, plan: Mapping[str, LayerPlan], multiple: int, max_params: float) -> Plan:
+    """Ranks moved to multiples of ``multiple`` where the budget allows (GPU matrix units work in
+    tiles of 8 or 16 channels: a rank-37 layer computes like a rank-40 one, only slower).
+
+    Each low-rank/deep layer (attention and overcomplete layers stay) goes to its nearest multiple;
+    if that breaks ``max_params``, the costliest layers that went up go down instead, one by one.
+    Ranks below ``multiple``, and those whose next multiple reaches full rank, are kept as they are.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    plan = dict(parse_plan(plan))
+    candidates = _candidates(model)
+    _check_names(plan, candidates)
+    down: dict[str, LayerPlan] = {}
+    for name, layer in plan.items():
+        module = candidates[name]
+        if layer.kind == "dense" or is_attention(module) or layer.rank < multiple:
+            continue
+        full = full_rank(module, layer.layout)
+        lower, upper = (layer.rank // multiple) * multiple, -(-layer.rank // multiple) * multiple
+        if layer.rank >= full or upper >= full:
+            continue
+        nearest = upper if upper - layer.rank <= layer.rank - lower else lower
+        plan[name] = layer.model_copy(update={"rank": nearest})
+        if nearest > layer.rank:
+            down[name] = layer.model_copy(update={"rank": lower})
+    by_cost = sorted(down, key=lambda n: -_layer_params(candidates[n], plan[n]))
+    while planned_params(model, plan) > max_params and by_cost:
+        name = by_cost.pop(0)
+        plan[name] = down[name]
+    return plan

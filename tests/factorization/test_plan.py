@@ -482,3 +482,38 @@ def test_uniform_plan_on_vit_is_factorizable(kind) -> None:
 def test_parse_plan_accepts_dicts_and_layer_plans() -> None:
     parsed = parse_plan({"a": {"kind": "deep", "rank": 3, "layout": "channel"}, "b": LayerPlan(kind="dense")})
     assert parsed == {"a": LayerPlan(kind="deep", rank=3, layout="channel"), "b": LayerPlan(kind="dense")}
+
+
+def test_round_ranks_to_multiples_of_8_within_the_budget() -> None:
+    from automl_factor.factorization import round_ranks
+    model = _resnet_lt(width=0.5)  # widths 32/64/128: spatial full ranks 96/192/384
+    plan = fit_to_budget(model, uniform_plan(model, rank_scale=1.0), 0.1 * count_params(model))
+    budget = planned_params(model, plan)  # the fitted plan exactly: rounding may not exceed it
+    rounded = round_ranks(model, plan, 8, budget)
+    assert planned_params(model, rounded) <= budget
+    changed = 0
+    for name, layer in plan.items():
+        new = rounded[name].rank
+        if layer.rank < 8:
+            assert new == layer.rank
+        else:
+            assert new % 8 == 0 and abs(new - layer.rank) < 8, (name, layer.rank, new)
+            changed += new != layer.rank
+    assert changed > 0
+    # with room to spare, every rank >= 8 goes to its nearest multiple (ties up)
+    roomy = round_ranks(model, plan, 8, count_params(model))
+    for name, layer in plan.items():
+        if layer.rank >= 8:
+            lower = layer.rank // 8 * 8
+            assert roomy[name].rank == (lower + 8 if layer.rank - lower >= 4 else lower)
+    # every rank 6 above a multiple of 8: all would round up, the budget forces the costliest back down
+    ups = {name: layer.model_copy(update={"rank": 14}) for name, layer in plan.items()}
+    tight = round_ranks(model, ups, 8, planned_params(model, ups))
+    assert planned_params(model, tight) <= planned_params(model, ups)
+    assert {layer.rank for layer in tight.values()} == {8, 16}
+    # what rank 16 costs over rank 8 grows with the layer's cost: the layers sent down are the costliest
+    extra = {name: planned_params(model, {name: ups[name].model_copy(update={"rank": 16})})
+             - planned_params(model, {name: ups[name].model_copy(update={"rank": 8})}) for name in ups}
+    assert min(extra[n] for n in tight if tight[n].rank == 8) >= max(extra[n] for n in tight if tight[n].rank == 16)
+    with pytest.raises(ValueError, match="multiple must be >= 1"):
+        round_ranks(model, plan, 0, budget)
