@@ -13,11 +13,11 @@ Example::
 
 from __future__ import annotations
 
-from automl_factor.models._registry import constructor, create, list_models, register_model
-from automl_factor.models.attention import SelfAttention
-from automl_factor.models.resnet import CifarResNet
-from automl_factor.models.vgg import VGG
-from automl_factor.models.vit import VisionTransformer
+from ._registry import constructor, create, list_models, register_model
+from .attention import SelfAttention
+from .resnet import CifarResNet
+from .vgg import VGG
+from .vit import VisionTransformer
 
 __all__ = [
     "CifarResNet",

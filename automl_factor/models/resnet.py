@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl_factor.models._registry import register_model
+from ._registry import register_model
 
-__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet32_lt"]
+__all__ = ["BasicBlock", "CifarResNet", "init_weights", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet32_lt"]
 
 _SHORTCUTS = ("pad", "conv")
 
@@ -107,7 +107,7 @@ class CifarResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
         self.fc = nn.Linear(channels, num_classes)
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.stem_bn(self.stem(x)))
@@ -115,8 +115,9 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def _init_weights(model: nn.Module) -> None:
-    # Kaiming fan_out for convs, as torchvision does; the linear layer keeps PyTorch's default.
+def init_weights(model: nn.Module) -> None:
+    """Kaiming fan_out for convs (as torchvision does), unit BN; linear layers keep PyTorch's default.
+    The CIFAR ResNets' init, shared by VGG."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -125,46 +126,50 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _scaled(widths: tuple[int, int, int], width_multiplier: float) -> tuple[int, ...]:
-    if width_multiplier <= 0:
-        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
-    return tuple(max(1, round(width * width_multiplier)) for width in widths)
-
-
 _NARROW = (16, 32, 64)
 
 
+def _create_resnet(depth: int, widths: tuple[int, int, int], shortcut: str, *, num_classes: int = 10,
+                   in_channels: int = 3, width_multiplier: float = 1.0) -> CifarResNet:
+    """The one constructor behind every registered ResNet: its variant's depth, widths and shortcut,
+    the stage widths scaled by ``width_multiplier``."""
+    if width_multiplier <= 0:
+        raise ValueError(f"width_multiplier must be > 0, got {width_multiplier}")
+    scaled = tuple(max(1, round(width * width_multiplier)) for width in widths)
+    return CifarResNet(depth, scaled, shortcut, num_classes, in_channels)
+
+
 @register_model
-def resnet20(num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0) -> CifarResNet:
+def resnet20(**kwargs) -> CifarResNet:
     """ResNet-20, widths 16/32/64, option-A shortcuts (0.27M parameters)."""
-    return CifarResNet(20, _scaled(_NARROW, width_multiplier), "pad", num_classes, in_channels)
+    return _create_resnet(20, _NARROW, "pad", **kwargs)
 
 
 @register_model
-def resnet32(num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0) -> CifarResNet:
+def resnet32(**kwargs) -> CifarResNet:
     """ResNet-32, widths 16/32/64, option-A shortcuts (0.46M parameters)."""
-    return CifarResNet(32, _scaled(_NARROW, width_multiplier), "pad", num_classes, in_channels)
+    return _create_resnet(32, _NARROW, "pad", **kwargs)
 
 
 @register_model
-def resnet44(num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0) -> CifarResNet:
+def resnet44(**kwargs) -> CifarResNet:
     """ResNet-44, widths 16/32/64, option-A shortcuts (0.66M parameters)."""
-    return CifarResNet(44, _scaled(_NARROW, width_multiplier), "pad", num_classes, in_channels)
+    return _create_resnet(44, _NARROW, "pad", **kwargs)
 
 
 @register_model
-def resnet56(num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0) -> CifarResNet:
+def resnet56(**kwargs) -> CifarResNet:
     """ResNet-56, widths 16/32/64, option-A shortcuts (0.85M parameters)."""
-    return CifarResNet(56, _scaled(_NARROW, width_multiplier), "pad", num_classes, in_channels)
+    return _create_resnet(56, _NARROW, "pad", **kwargs)
 
 
 @register_model
-def resnet110(num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0) -> CifarResNet:
+def resnet110(**kwargs) -> CifarResNet:
     """ResNet-110, widths 16/32/64, option-A shortcuts (1.7M parameters)."""
-    return CifarResNet(110, _scaled(_NARROW, width_multiplier), "pad", num_classes, in_channels)
+    return _create_resnet(110, _NARROW, "pad", **kwargs)
 
 
 @register_model
-def resnet32_lt(num_classes: int = 10, in_channels: int = 3, width_multiplier: float = 1.0) -> CifarResNet:
+def resnet32_lt(**kwargs) -> CifarResNet:
     """Lottery-ticket ResNet-32: widths 64/128/256, 1x1-conv shortcuts (7.4M parameters); Khodak et al.'s model."""
-    return CifarResNet(32, _scaled((64, 128, 256), width_multiplier), "conv", num_classes, in_channels)
+    return _create_resnet(32, (64, 128, 256), "conv", **kwargs)

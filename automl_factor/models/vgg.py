@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automl_factor.models._registry import register_model
-from .resnet import _init_weights
+from ._registry import register_model
+from .resnet import init_weights
 
 __all__ = ["VGG", "vgg19"]
 
@@ -59,7 +59,7 @@ class VGG(nn.Module):
                 raise ValueError(f"config entries must be ints or 'M', got {item!r}")
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(width, num_classes)
-        _init_weights(self)  # Kaiming fan_out convs, unit BN: the same init as the CIFAR ResNets
+        init_weights(self)  # Kaiming fan_out convs, unit BN: the same init as the CIFAR ResNets
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(F.relu(self.stem_bn(self.stem(x))))
@@ -67,6 +67,10 @@ class VGG(nn.Module):
 
 
 @register_model
-def vgg19(num_classes: int = 10, in_channels: int = 3) -> VGG:
+def vgg19(**kwargs) -> VGG:
     """VGG-19 with batch norm, CIFAR variant (20.0M parameters for 10 classes)."""
-    return VGG(_VGG19, num_classes, in_channels)
+    return _create_vgg(_VGG19, **kwargs)
+
+
+def _create_vgg(config: Sequence[int | str], *, num_classes: int = 10, in_channels: int = 3) -> VGG:
+    return VGG(config, num_classes, in_channels)

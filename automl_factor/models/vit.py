@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from automl_factor.models._registry import register_model
-from automl_factor.models.attention import SelfAttention
+from ._registry import register_model
+from .attention import SelfAttention
 
 __all__ = ["Mlp", "Block", "VisionTransformer", "vit"]
 
@@ -99,19 +99,9 @@ class VisionTransformer(nn.Module):
 
 
 @register_model
-def vit(
-    image_size: int = 32,
-    patch_size: int = 4,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    dim: int = 192,
-    depth: int = 6,
-    heads: int = 3,
-    mlp_dim: int = 384,
-    attn_dim: int | None = None,
-) -> VisionTransformer:
-    """ViT with patch 4, dim 192, depth 6, 3 heads, MLP 384 (1.8M parameters at 32x32, 10 classes)."""
-    return VisionTransformer(
-        image_size=image_size, patch_size=patch_size, num_classes=num_classes, in_channels=in_channels,
-        dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim, attn_dim=attn_dim,
-    )
+def vit(image_size: int = 32, **kwargs) -> VisionTransformer:
+    """ViT with patch 4, dim 192, depth 6, 3 heads, MLP 384 (1.8M parameters at 32x32, 10 classes).
+
+    ``image_size`` is named so that ``train.build_model`` sees the model wants the data's image size;
+    the other keywords are ``VisionTransformer``'s."""
+    return VisionTransformer(image_size=image_size, **kwargs)
