@@ -5,10 +5,10 @@ Frobenius norm (coefficient = the ordinary weight decay) and everything else by 
 decay; ``wd`` applies ordinary weight decay to all parameters, factors included; ``none`` none.
 FD is applied in closed form straight to the gradients (``add_frobenius_grad_``), not as a penalty.
 
-Speed: a step is one forward+loss function, compiled with ``torch.compile`` when
-``TrainConfig.compile`` says so (by default on CUDA, where kernel launches dominate small CIFAR
-models; off on CPU, where it was measured at ~1.0x), plus the closed-form FD and a fused/foreach
-optimizer step. Losses and accuracies accumulate on the device and are read once per epoch, so the
+Speed: a step is one forward+loss function and the closed-form FD, both compiled with
+``torch.compile`` when ``TrainConfig.compile`` says so (by default on CUDA, where kernel launches
+dominate small CIFAR models; off on CPU, see README "Training speed"), then a fused (CUDA) or
+foreach optimizer step. Losses and accuracies accumulate on the device and are read once per epoch, so the
 loop never waits for the GPU mid-epoch. A compiled step sees one batch shape only: the last partial
 training batch is dropped and evaluation pads its last batch.
 """
@@ -121,12 +121,17 @@ def _forward(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 class _Compiled:
     """The torch.compile'd step functions of one model, and the seconds their first calls took
-    (tracing and code generation; later models of the same shapes reuse the compiled code)."""
+    (tracing and code generation; later models of the same shapes reuse the compiled code).
 
-    def __init__(self, mode: str):
+    ``loss`` is forward + loss (its backward compiled with it), ``forward`` the evaluation forward,
+    ``fd`` the closed-form Frobenius decay (its small batched matmuls fused into a few kernels)."""
+
+    def __init__(self, mode: str, device: torch.device):
         if torch._dynamo.config.recompile_limit < _RECOMPILE_LIMIT:  # a search's trials differ in shapes
             torch._dynamo.config.recompile_limit = _RECOMPILE_LIMIT
-        self.functions = {"loss": torch.compile(_forward_loss, mode=mode), "forward": torch.compile(_forward, mode=mode)}
+        self.functions = {"loss": torch.compile(_forward_loss, mode=mode), "forward": torch.compile(_forward, mode=mode),
+                          "fd": torch.compile(add_frobenius_grad_, mode=mode)}
+        self.device = device
         self.seconds = 0.0
         self._called: set[str] = set()
 
@@ -135,8 +140,8 @@ class _Compiled:
             return self.functions[name](*args)
         start = time.perf_counter()
         result = self.functions[name](*args)
-        if args[1].device.type == "cuda":
-            torch.cuda.synchronize(args[1].device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         self.seconds += time.perf_counter() - start
         self._called.add(name)
         return result
@@ -149,10 +154,10 @@ _COMPILED: "weakref.WeakKeyDictionary[nn.Module, dict[str, _Compiled]]" = weakre
 
 def _step_function(model: nn.Module, config: TrainConfig | None, device: torch.device, name: str) -> Callable:
     if config is None or not config.compiled_on(device):
-        return {"loss": _forward_loss, "forward": _forward}[name]
+        return {"loss": _forward_loss, "forward": _forward, "fd": add_frobenius_grad_}[name]
     compiled = _COMPILED.setdefault(model, {})
     if config.compile_mode not in compiled:
-        compiled[config.compile_mode] = _Compiled(config.compile_mode)
+        compiled[config.compile_mode] = _Compiled(config.compile_mode, device)
     return functools.partial(compiled[config.compile_mode], name)
 
 
@@ -168,6 +173,7 @@ def train_one_epoch(model: nn.Module, data: DataBundle, optimizer: torch.optim.O
     device = next(model.parameters()).device
     compiled = config.compiled_on(device)
     forward_loss = _step_function(model, config, device, "loss")
+    frobenius_decay = _step_function(model, config, device, "fd")
     fd_coupled = config.regularizer == "fd" and config.optimizer == "sgd"
     fd_decoupled = config.regularizer == "fd" and config.optimizer == "adamw"
     model.train()
@@ -182,7 +188,7 @@ def train_one_epoch(model: nn.Module, data: DataBundle, optimizer: torch.optim.O
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if fd_coupled:
-            add_frobenius_grad_(model, config.weight_decay)
+            frobenius_decay(model, config.weight_decay)
         if fd_decoupled:
             decoupled_frobenius_decay_(model, schedule.get_last_lr()[0], config.weight_decay)
         optimizer.step()
