@@ -1,14 +1,16 @@
-"""The math of factorized layers: modules, spectral init, Frobenius decay, plans. Imports torch only."""
+"""The math of factorized layers: modules, kinds, spectral init, Frobenius decay, plans (torch and pydantic)."""
 from .attention import FactorizedAttention, head_products, is_attention
 from .frobenius import frobenius_grads, half_frobenius_sq, nuclear_norm_and_bound
-from .layers import FactorizedConv2d, FactorizedLayer, FactorizedLinear
+from .kinds import Factorization, full_rank, get_kind, kind_names, matrix_shape, snap_rank
+from .layers import FactorizedConv2d, FactorizedLayer, FactorizedLinear, FactorizedModule, is_factorized
 from .plan import (LayerPlan, Plan, collapse, count_params, factorizable_layers, factorize, fit_to_budget,
-                   full_rank, is_factorized, parse_plan, planned_params, round_ranks, uniform_plan)
+                   parse_plan, planned_params, round_ranks, uniform_plan)
 from .regularize import add_frobenius_grad_, decoupled_frobenius_decay_, factor_parameters, frobenius_penalty
 from .spectral import best_rank_error, spectral_factors
 
 __all__ = [
-    "FactorizedAttention", "FactorizedConv2d", "FactorizedLayer", "FactorizedLinear", "LayerPlan", "Plan",
+    "Factorization", "FactorizedAttention", "FactorizedConv2d", "FactorizedLayer", "FactorizedLinear",
+    "FactorizedModule", "LayerPlan", "Plan", "get_kind", "kind_names", "matrix_shape", "snap_rank",
     "add_frobenius_grad_", "best_rank_error", "collapse", "count_params", "decoupled_frobenius_decay_", "factor_parameters",
     "factorizable_layers", "factorize", "fit_to_budget", "frobenius_grads", "frobenius_penalty", "full_rank",
     "half_frobenius_sq", "head_products", "is_attention", "is_factorized", "nuclear_norm_and_bound",

@@ -8,6 +8,14 @@ pair from the SVD of the dense pair's product and FD penalizes each product.
 Works with any attention module that has ``q, k, v, o`` ``nn.Linear`` layers and ``dim``,
 ``num_heads``, ``attn_dim`` attributes (``automl_factor.models.attention.SelfAttention``); the
 factorized module is the same class with a smaller ``attn_dim``, so deploying it needs nothing new.
+
+Overcomplete attention (``attn_dim > dim``) cannot be collapsed to the dense size. The softmax is
+taken per head, so heads never merge, and head h's products have rank up to its ``head_dim``
+(at most ``dim + 1`` with biases). ``collapse`` therefore re-factorizes each head exactly, by
+truncated SVD, at the largest rank any head can have (``deployed_attn_dim``). This is smaller
+only when a head is wider than ``dim + 1``, and outputs stay equal. Otherwise the deployed module
+keeps its trained width: ``inference_params`` (and the plan's ``planned_params``) count that width,
+not the dense model's.
 """
 from __future__ import annotations
 
@@ -17,9 +25,10 @@ import math
 import torch
 from torch import nn
 
+from .layers import FactorizedModule
 from .spectral import spectral_factors
 
-__all__ = ["FactorizedAttention", "is_attention", "head_products"]
+__all__ = ["FactorizedAttention", "is_attention", "head_products", "deployed_attn_dim"]
 
 
 def is_attention(module: nn.Module) -> bool:
@@ -27,6 +36,14 @@ def is_attention(module: nn.Module) -> bool:
     return all(isinstance(getattr(module, name, None), nn.Linear) for name in "qkvo") and hasattr(
         module, "num_heads"
     )
+
+
+def deployed_attn_dim(dim: int, num_heads: int, attn_dim: int, bias: bool) -> int:
+    """The attention width a trained module needs once deployed. Each head's products
+    (``W̃_qᵀ W̃_k``: (dim+1)², ``O W̃_v``: dim × (dim+1)) have rank at most ``dim + bias``, so a head
+    wider than that is collapsed to it, and a narrower head stays as it is."""
+    head_dim = attn_dim // num_heads
+    return num_heads * min(head_dim, dim + int(bias))
 
 
 def _augmented(linear: nn.Linear) -> torch.Tensor:
@@ -47,7 +64,7 @@ def head_products(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return q.transpose(1, 2) @ k / math.sqrt(head_dim), o @ v
 
 
-class FactorizedAttention(nn.Module):
+class FactorizedAttention(FactorizedModule):
     """A self-attention module whose heads are trained as factorized pairs (SI + FD per head)."""
 
     def __init__(self, inner: nn.Module):
@@ -76,12 +93,10 @@ class FactorizedAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x)
 
-    def head_factors(self, of=lambda tensor: tensor) -> list[tuple[torch.Tensor, torch.Tensor, None]]:
+    def frobenius_factors(self, of=lambda tensor: tensor) -> list[tuple[torch.Tensor, torch.Tensor, None]]:
         """[(A, B, None)] batched over heads with per-head products ``A_h B_hᵀ``: the score forms
         ``W_q,hᵀ W_k,h`` and the value-output maps ``O_h W_v,h`` (weights only, what FD decays).
-
-        ``of`` picks what is viewed: the weights (default) or, e.g., ``lambda p: p.grad``, which gives
-        views of the gradients laid out like the factors, so closed-form FD can add into them."""
+        With ``of=lambda p: p.grad``: views of the gradients laid out the same way."""
         inner = self.inner
         heads, head_dim, dim = inner.num_heads, inner.attn_dim // inner.num_heads, inner.dim
         q = of(inner.q.weight).view(heads, head_dim, dim).transpose(1, 2)
@@ -90,12 +105,30 @@ class FactorizedAttention(nn.Module):
         o = of(inner.o.weight).view(dim, heads, head_dim).permute(1, 0, 2)
         return [(q, k, None), (o, v, None)]
 
+    def factor_parameters(self) -> list[nn.Parameter]:
+        return [self.inner.q.weight, self.inner.k.weight, self.inner.v.weight, self.inner.o.weight]
+
     def inference_params(self) -> int:
-        return sum(p.numel() for p in self.inner.parameters())
+        """Parameters of ``collapse()``, from shapes alone."""
+        inner = self.inner
+        bias = inner.q.bias is not None
+        width = deployed_attn_dim(inner.dim, inner.num_heads, inner.attn_dim, bias)
+        return 4 * inner.dim * width + (3 * width if bias else 0) + (inner.dim if inner.o.bias is not None else 0)
 
     def collapse(self) -> nn.Module:
-        """The plain attention module (already as small as the factorization)."""
-        return copy.deepcopy(self.inner)
+        """The plain attention module, each head no wider than the rank its products can have
+        (exact: per-head truncated SVD at that rank; a copy when no head is wider)."""
+        inner = self.inner
+        bias = inner.q.bias is not None
+        width = deployed_attn_dim(inner.dim, inner.num_heads, inner.attn_dim, bias)
+        if width == inner.attn_dim:
+            return copy.deepcopy(inner)
+        deployed = type(inner)(inner.dim, inner.num_heads, attn_dim=width, bias=bias).to(inner.q.weight)
+        _spectral_init(deployed, inner, None)
+        with torch.no_grad():
+            if inner.o.bias is not None:
+                deployed.o.bias.copy_(inner.o.bias)
+        return deployed
 
     def extra_repr(self) -> str:
         return f"attn_dim={self.rank}, heads={self.inner.num_heads}"

@@ -15,12 +15,40 @@ from torch import nn
 
 from .spectral import spectral_factors
 
-__all__ = ["FactorizedLayer", "FactorizedLinear", "FactorizedConv2d", "CONV_LAYOUTS"]
+__all__ = ["FactorizedModule", "FactorizedLayer", "FactorizedLinear", "FactorizedConv2d", "CONV_LAYOUTS",
+           "is_factorized"]
 
 CONV_LAYOUTS = ("spatial", "channel")
 
 
-class FactorizedLayer(nn.Module):
+class FactorizedModule(nn.Module):
+    """What every factorized module offers the rest of the library (Frobenius decay, parameter
+    counts, deployment), whatever its factors look like."""
+
+    def frobenius_factors(self, of=lambda tensor: tensor) -> list[tuple]:
+        """``[(U, V, M or None), ...]`` (each may carry a leading batch dimension) whose products
+        ``U M Vᵀ`` Frobenius decay penalizes. ``of`` picks what is viewed: the factors (default) or,
+        e.g., ``lambda p: p.grad``: views of their gradients laid out the same way."""
+        raise NotImplementedError
+
+    def factor_parameters(self) -> list[nn.Parameter]:
+        """The parameters the factors are views of (what FD decays instead of weight decay)."""
+        raise NotImplementedError
+
+    def inference_params(self) -> int:
+        """Parameters of ``collapse()``, from shapes alone."""
+        raise NotImplementedError
+
+    def collapse(self) -> nn.Module:
+        """Plain ``torch.nn`` modules computing the same function, for deployment."""
+        raise NotImplementedError
+
+
+def is_factorized(module: nn.Module) -> bool:
+    return isinstance(module, FactorizedModule)
+
+
+class FactorizedLayer(FactorizedModule):
     """Common part of factorized layers: the factors, their product, and the deployment cost.
 
     Subclasses define ``shape`` (m, n) of the weight matrix, ``dense_matrix`` (read a dense layer's
@@ -52,9 +80,14 @@ class FactorizedLayer(nn.Module):
         return self.U if self.M is None else self.U @ self.M
 
     def factors(self, of=lambda tensor: tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(U, V, M) with ``W = U M Vᵀ``: what Frobenius decay penalizes (``of`` as in
-        ``FactorizedAttention.head_factors``: ``lambda p: p.grad`` gives their gradients)."""
+        """(U, V, M) with ``W = U M Vᵀ`` (``of`` as in ``frobenius_factors``)."""
         return of(self.U), of(self.V), None if self.M is None else of(self.M)
+
+    def frobenius_factors(self, of=lambda tensor: tensor) -> list[tuple]:
+        return [self.factors(of)]
+
+    def factor_parameters(self) -> list[nn.Parameter]:
+        return [p for p in (self.U, self.V, self.M) if p is not None]
 
     def weight_matrix(self) -> torch.Tensor:
         """The effective m × n matrix ``U M Vᵀ``."""

@@ -8,16 +8,16 @@ the plan alone, before any training.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from .attention import FactorizedAttention, deployed_attn_dim, is_attention
-from .layers import FactorizedConv2d, FactorizedLayer, FactorizedLinear
+from .attention import is_attention
+from .kinds import dense_params, full_rank, get_kind, matrix_shape, snap_rank
+from .layers import is_factorized
 
 __all__ = [
     "LayerPlan", "Plan", "parse_plan", "factorizable_layers", "factorize", "collapse", "count_params",
@@ -28,19 +28,26 @@ __all__ = [
 class LayerPlan(BaseModel):
     """How one layer is factorized.
 
-    ``rank`` at or above the layer's full rank means overcomplete (trained wide, deployed dense).
-    For attention modules ``rank`` is the attention embedding dimension (a multiple of the heads).
-    ``layout`` only matters for convolutions; ``regularizer`` says whether training decays this
-    layer's factors with Frobenius decay (``fd``) or plain weight decay (``wd``).
+    ``kind`` names a registered factorization (``kinds.kind_names()``: dense, lowrank, deep,
+    overcomplete). For attention modules ``rank`` is the attention embedding dimension (a multiple
+    of the heads); a low-rank layer at or above full rank deploys as one dense layer. ``layout`` only
+    matters for convolutions; ``regularizer`` says whether training decays this layer's factors with
+    Frobenius decay (``fd``) or plain weight decay (``wd``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["dense", "lowrank", "deep"] = "lowrank"
+    kind: str = "lowrank"
     rank: int | None = Field(default=None, ge=1)
     init: Literal["spectral", "default"] = "spectral"
     layout: Literal["spatial", "channel"] = "spatial"
     regularizer: Literal["fd", "wd"] = "fd"
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        get_kind(kind)  # raises with the registered names
+        return kind
 
     @model_validator(mode="after")
     def _rank_given(self) -> "LayerPlan":
@@ -50,11 +57,6 @@ class LayerPlan(BaseModel):
 
 
 Plan = dict[str, LayerPlan]
-FACTORIZED_TYPES = (FactorizedLayer, FactorizedAttention)
-
-
-def is_factorized(module: nn.Module) -> bool:
-    return isinstance(module, FACTORIZED_TYPES)
 
 
 def parse_plan(plan: Mapping[str, LayerPlan | Mapping]) -> Plan:
@@ -93,36 +95,9 @@ def factorizable_layers(model: nn.Module, *, include_dense_defaults: bool = Fals
     return [name for name in _candidates(model) if name not in keep_dense]
 
 
-def matrix_shape(module: nn.Module, layout: str = "spatial") -> tuple[int, int]:
-    """(m, n) of the matrix a layer's forward multiplies by, in the given conv layout."""
-    if isinstance(module, nn.Linear):
-        return module.out_features, module.in_features
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        c_out, c_in = module.out_channels, module.in_channels
-        return (c_out * kh, c_in * kw) if layout == "spatial" else (c_out, c_in * kh * kw)
-    raise TypeError(f"no matrix shape for {type(module).__name__}")
-
-
-def full_rank(module: nn.Module, layout: str = "spatial") -> int:
-    """The rank at which a factorization stops compressing (for attention: the model width)."""
-    if is_attention(module):
-        return module.dim
-    return min(matrix_shape(module, layout))
-
-
 def _layer_params(module: nn.Module, layer: LayerPlan | None) -> int:
-    """Deployed parameter count of one dense layer under its plan, from shapes alone."""
-    dense = sum(p.numel() for p in module.parameters())
-    if layer is None or layer.kind == "dense":
-        return dense
-    if is_attention(module):
-        d, bias = module.dim, module.q.bias is not None
-        e = deployed_attn_dim(d, module.num_heads, layer.rank, bias)  # what collapse() keeps
-        return 4 * d * e + (3 * e if bias else 0) + (d if module.o.bias is not None else 0)
-    m, n = matrix_shape(module, layer.layout)
-    bias = 0 if module.bias is None else module.bias.numel()
-    return min(layer.rank * (m + n), m * n) + bias
+    """Deployed parameter count of one dense layer under its plan, from shapes alone (the kind's formula)."""
+    return dense_params(module) if layer is None else get_kind(layer.kind).deployed_params(module, layer)
 
 
 def planned_params(model: nn.Module, plan: Mapping[str, LayerPlan]) -> int:
@@ -148,16 +123,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _factorize_one(module: nn.Module, layer: LayerPlan, generator: torch.Generator | None) -> nn.Module:
-    if is_attention(module):
-        if layer.kind != "lowrank":
-            raise ValueError(f"attention layers support kind 'lowrank' only, got {layer.kind!r}")
-        new = FactorizedAttention.from_attention(module, layer.rank, init=layer.init, generator=generator)
-    elif isinstance(module, nn.Conv2d):
-        new = FactorizedConv2d.from_conv(module, layer.rank, layout=layer.layout, deep=layer.kind == "deep",
-                                         init=layer.init, generator=generator)
-    else:
-        new = FactorizedLinear.from_linear(module, layer.rank, deep=layer.kind == "deep", init=layer.init,
-                                           generator=generator)
+    new = get_kind(layer.kind).build(module, layer, generator)
     new.regularizer = layer.regularizer
     return new
 
@@ -209,13 +175,6 @@ def count_params(model: nn.Module, *, inference: bool = True) -> int:
     return total
 
 
-def _scaled_rank(module: nn.Module, rank: float) -> int:
-    if is_attention(module):
-        heads = module.num_heads
-        return max(heads, math.floor(rank / heads) * heads)
-    return max(1, math.floor(rank))
-
-
 def uniform_plan(model: nn.Module, *, params_ratio: float | None = None, rank_scale: float | None = None,
                  kind: str = "lowrank", init: str = "spectral", layout: str = "spatial",
                  regularizer: str = "fd", layers: list[str] | None = None) -> Plan:
@@ -232,10 +191,11 @@ def uniform_plan(model: nn.Module, *, params_ratio: float | None = None, rank_sc
 
     def plan_at(scale: float) -> Plan:
         return {
-            # An attention head pair is already a rank-d_h factorization: attention stays "lowrank".
-            name: LayerPlan(kind="lowrank" if is_attention(candidates[name]) else kind, init=init, layout=layout,
+            # Kinds that do not apply to attention (deep, overcomplete) leave it low-rank.
+            name: LayerPlan(kind=kind if get_kind(kind).attention or not is_attention(candidates[name]) else "lowrank",
+                            init=init, layout=layout,
                             regularizer=regularizer,
-                            rank=_scaled_rank(candidates[name], scale * full_rank(candidates[name], layout)))
+                            rank=snap_rank(candidates[name], scale * full_rank(candidates[name], layout)))
             for name in names
         }
 
@@ -275,12 +235,12 @@ def fit_to_budget(model: nn.Module, plan: Mapping[str, LayerPlan], max_params: f
     candidates = _candidates(model)
     _check_names(plan, candidates)
 
-    def compressible(name: str, layer: LayerPlan) -> bool:  # overcomplete layers (rank > full) stay as planned
-        return layer.kind != "dense" and layer.rank <= full_rank(candidates[name], layer.layout)
+    def compressible(name: str, layer: LayerPlan) -> bool:  # dense, overcomplete, rank > full stay as planned
+        return get_kind(layer.kind).scales_with_budget and layer.rank <= full_rank(candidates[name], layer.layout)
 
     def scaled(scale: float) -> Plan:
         return {
-            name: layer.model_copy(update={"rank": _scaled_rank(candidates[name], scale * layer.rank)})
+            name: layer.model_copy(update={"rank": snap_rank(candidates[name], scale * layer.rank)})
             if compressible(name, layer) else layer
             for name, layer in plan.items()
         }
@@ -291,8 +251,8 @@ def fit_to_budget(model: nn.Module, plan: Mapping[str, LayerPlan], max_params: f
         name = fixed.pop(0)
         module, layer = candidates[name], plan[name]
         rank = full_rank(module, layer.layout) - (module.num_heads if is_attention(module) else 1)
-        plan[name] = layer.model_copy(update={"kind": "lowrank" if layer.kind == "dense" else layer.kind,
-                                              "rank": max(1, rank)})
+        kind = layer.kind if get_kind(layer.kind).scales_with_budget else "lowrank"
+        plan[name] = layer.model_copy(update={"kind": kind, "rank": max(1, rank)})
     return _largest_fitting(model, scaled, max_params)
 
 
@@ -312,7 +272,7 @@ def round_ranks(model: nn.Module, plan: Mapping[str, LayerPlan], multiple: int, 
     down: dict[str, LayerPlan] = {}
     for name, layer in plan.items():
         module = candidates[name]
-        if layer.kind == "dense" or is_attention(module) or layer.rank < multiple:
+        if not get_kind(layer.kind).scales_with_budget or is_attention(module) or layer.rank < multiple:
             continue
         full = full_rank(module, layer.layout)
         lower, upper = (layer.rank // multiple) * multiple, -(-layer.rank // multiple) * multiple

@@ -15,28 +15,21 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from .attention import FactorizedAttention
 from .frobenius import frobenius_grads, half_frobenius_sq
-from .layers import FactorizedLayer
+from .layers import FactorizedModule, is_factorized
 
 __all__ = ["frobenius_penalty", "factor_parameters", "add_frobenius_grad_", "decoupled_frobenius_decay_"]
 
 
-def _factor_groups(model: nn.Module, fd_only: bool):
-    """(A, B, M) triples, batched per attention module, of every factorized layer."""
-    for module in model.modules():
-        if fd_only and getattr(module, "regularizer", None) != "fd":
-            continue
-        if isinstance(module, FactorizedLayer):
-            yield module.factors()
-        elif isinstance(module, FactorizedAttention):
-            yield from module.head_factors()
+def _modules(model: nn.Module, fd_only: bool) -> list[FactorizedModule]:
+    return [module for module in model.modules()
+            if is_factorized(module) and (not fd_only or module.regularizer == "fd")]
 
 
 def frobenius_penalty(model: nn.Module, *, fd_only: bool = False) -> torch.Tensor:
     """Σ ½‖U M Vᵀ‖²_F over factorized layers (per head for attention), differentiable, never
     forming a product. ``fd_only`` restricts it to layers planned with ``regularizer='fd'``."""
-    terms = [half_frobenius_sq(u, v, m) for u, v, m in _factor_groups(model, fd_only)]
+    terms = [half_frobenius_sq(u, v, m) for module in _modules(model, fd_only) for u, v, m in module.frobenius_factors()]
     if not terms:
         return torch.zeros(())
     return torch.stack(terms).sum()
@@ -44,24 +37,8 @@ def frobenius_penalty(model: nn.Module, *, fd_only: bool = False) -> torch.Tenso
 
 def factor_parameters(model: nn.Module, *, regularizer: str = "fd") -> list[nn.Parameter]:
     """The factor matrices (not biases) of factorized layers planned with ``regularizer``."""
-    params: list[nn.Parameter] = []
-    for module in model.modules():
-        if getattr(module, "regularizer", None) != regularizer:
-            continue
-        if isinstance(module, FactorizedLayer):
-            params += [p for p in (module.U, module.V, module.M) if p is not None]
-        elif isinstance(module, FactorizedAttention):
-            params += [module.inner.q.weight, module.inner.k.weight, module.inner.v.weight, module.inner.o.weight]
-    return params
-
-
-def _fd_modules(model: nn.Module) -> list[nn.Module]:
-    return [module for module in model.modules()
-            if isinstance(module, (FactorizedLayer, FactorizedAttention)) and module.regularizer == "fd"]
-
-
-def _triples(module: nn.Module, of) -> list[tuple]:
-    return [module.factors(of)] if isinstance(module, FactorizedLayer) else module.head_factors(of)
+    return [param for module in model.modules() if is_factorized(module) and module.regularizer == regularizer
+            for param in module.factor_parameters()]
 
 
 def _closed_form_updates(model: nn.Module, of) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -72,8 +49,8 @@ def _closed_form_updates(model: nn.Module, of) -> tuple[list[torch.Tensor], list
     accepts a batch dimension), so a model costs a few kernels per distinct layer shape, not per layer.
     """
     groups: dict[tuple, list[tuple[tuple, tuple]]] = defaultdict(list)
-    for module in _fd_modules(model):
-        for factors, destinations in zip(_triples(module, lambda p: p), _triples(module, of)):
+    for module in _modules(model, fd_only=True):
+        for factors, destinations in zip(module.frobenius_factors(), module.frobenius_factors(of)):
             key = tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in factors)
             groups[key].append((factors, destinations))
     all_destinations, all_grads = [], []
