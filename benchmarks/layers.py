@@ -208,7 +208,7 @@ def fd_overhead(model_name, width, batch, device, repeats, quick) -> dict:
     def penalty():  # the old way: FD as an autograd penalty added to the loss
         for p in fd_model.parameters():
             p.grad = None
-        frobenius_penalty(fd_model, fd_only=True).backward()
+        frobenius_penalty(fd_model).backward()
 
     def closed_form():  # what training does now: closed-form gradients, batched over equal shapes
         add_frobenius_grad_(fd_model, 5e-4)

@@ -71,7 +71,6 @@ class FactorizedAttention(FactorizedModule):
         super().__init__()
         self.inner = inner
         self.rank = inner.attn_dim
-        self.regularizer = "fd"
 
     kind = "lowrank"
 

@@ -55,8 +55,6 @@ class FactorizedLayer(FactorizedModule):
     weight the way the forward uses it), ``forward`` and the two ``_to_*`` conversions.
     """
 
-    regularizer: str  # "fd" or "wd": how training decays this layer's factors
-
     def _init_factors(self, m: int, n: int, rank: int, deep: bool, bias: bool) -> None:
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
@@ -65,7 +63,6 @@ class FactorizedLayer(FactorizedModule):
         self.V = nn.Parameter(torch.empty(n, rank))
         self.M = nn.Parameter(torch.eye(rank)) if deep else None
         self.bias = nn.Parameter(torch.zeros(self.out_channels_or_features)) if bias else None
-        self.regularizer = "fd"
 
     @property
     def kind(self) -> str:

@@ -31,8 +31,9 @@ class LayerPlan(BaseModel):
     ``kind`` names a registered factorization (``kinds.kind_names()``: dense, lowrank, deep,
     overcomplete). For attention modules ``rank`` is the attention embedding dimension (a multiple
     of the heads); a low-rank layer at or above full rank deploys as one dense layer. ``layout`` only
-    matters for convolutions; ``regularizer`` says whether training decays this layer's factors with
-    Frobenius decay (``fd``) or plain weight decay (``wd``).
+    matters for convolutions; ``regularizer`` says what decays this layer's factors in training:
+    Frobenius decay (``fd``), plain weight decay (``wd``) or nothing (``none``); training reads it
+    from the plan (``regularize.decayed_modules``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -41,7 +42,7 @@ class LayerPlan(BaseModel):
     rank: int | None = Field(default=None, ge=1)
     init: Literal["spectral", "default"] = "spectral"
     layout: Literal["spatial", "channel"] = "spatial"
-    regularizer: Literal["fd", "wd"] = "fd"
+    regularizer: Literal["fd", "wd", "none"] = "fd"
 
     @field_validator("kind")
     @classmethod
@@ -123,9 +124,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _factorize_one(module: nn.Module, layer: LayerPlan, generator: torch.Generator | None) -> nn.Module:
-    new = get_kind(layer.kind).build(module, layer, generator)
-    new.regularizer = layer.regularizer
-    return new
+    return get_kind(layer.kind).build(module, layer, generator)
 
 
 def factorize(model: nn.Module, plan: Mapping[str, LayerPlan | Mapping], *,

@@ -1,4 +1,7 @@
-"""Frobenius decay over a whole model: the penalty, the factor parameters it owns, decoupled FD.
+"""Frobenius decay over a whole model: which layers it acts on, the penalty, closed-form FD steps.
+
+What decays a layer's factors is data in the plan (``LayerPlan.regularizer``: ``fd``, ``wd`` or
+``none``), read here by layer name; without a plan every factorized layer gets FD (the paper's recipe).
 
 Coupled FD (SGD) adds ``coeff · U(VᵀV)`` and ``coeff · V(UᵀU)`` to the factors' gradients after the
 backward pass (``add_frobenius_grad_``): exactly the gradient of ``coeff · frobenius_penalty`` added to
@@ -11,6 +14,7 @@ stays for reporting.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -18,38 +22,51 @@ from torch import nn
 from .frobenius import frobenius_grads, half_frobenius_sq
 from .layers import FactorizedModule, is_factorized
 
-__all__ = ["frobenius_penalty", "factor_parameters", "add_frobenius_grad_", "decoupled_frobenius_decay_"]
+__all__ = ["REGULARIZERS", "decayed_modules", "frobenius_penalty", "factor_parameters", "add_frobenius_grad_",
+           "decoupled_frobenius_decay_"]
+
+REGULARIZERS = ("fd", "wd", "none")  # what decays a factorized layer's factors: the one vocabulary
 
 
-def _modules(model: nn.Module, fd_only: bool) -> list[FactorizedModule]:
-    return [module for module in model.modules()
-            if is_factorized(module) and (not fd_only or module.regularizer == "fd")]
+def decayed_modules(model: nn.Module, plan: Mapping | None = None, regularizer: str = "fd") -> list[FactorizedModule]:
+    """The factorized modules of ``model`` whose plan entry says ``regularizer`` (a plan maps layer
+    names to ``LayerPlan`` or dicts); without a plan, all of them count as ``fd``."""
+    if regularizer not in REGULARIZERS:
+        raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {regularizer!r}")
+    found = [(name, module) for name, module in model.named_modules() if is_factorized(module)]
+    if plan is None:
+        return [module for _, module in found] if regularizer == "fd" else []
+    return [module for name, module in found if name in plan and _regularizer(plan[name]) == regularizer]
 
 
-def frobenius_penalty(model: nn.Module, *, fd_only: bool = False) -> torch.Tensor:
-    """Σ ½‖U M Vᵀ‖²_F over factorized layers (per head for attention), differentiable, never
-    forming a product. ``fd_only`` restricts it to layers planned with ``regularizer='fd'``."""
-    terms = [half_frobenius_sq(u, v, m) for module in _modules(model, fd_only) for u, v, m in module.frobenius_factors()]
+def _regularizer(layer) -> str:
+    return layer["regularizer"] if isinstance(layer, Mapping) else layer.regularizer
+
+
+def frobenius_penalty(model: nn.Module, plan: Mapping | None = None) -> torch.Tensor:
+    """Σ ½‖U M Vᵀ‖²_F (per head for attention) over the FD layers of ``plan`` (all factorized layers
+    without one), differentiable, never forming a product."""
+    terms = [half_frobenius_sq(u, v, m) for module in decayed_modules(model, plan)
+             for u, v, m in module.frobenius_factors()]
     if not terms:
         return torch.zeros(())
     return torch.stack(terms).sum()
 
 
-def factor_parameters(model: nn.Module, *, regularizer: str = "fd") -> list[nn.Parameter]:
-    """The factor matrices (not biases) of factorized layers planned with ``regularizer``."""
-    return [param for module in model.modules() if is_factorized(module) and module.regularizer == regularizer
-            for param in module.factor_parameters()]
+def factor_parameters(model: nn.Module, plan: Mapping | None = None, regularizer: str = "fd") -> list[nn.Parameter]:
+    """The factor matrices (not biases) of the layers ``regularizer`` decays (see ``decayed_modules``)."""
+    return [param for module in decayed_modules(model, plan, regularizer) for param in module.factor_parameters()]
 
 
-def _closed_form_updates(model: nn.Module, of) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(destinations, gradients): the closed-form gradient of Σ ½‖U M Vᵀ‖² for every FD factor,
-    and the tensor ``of(parameter)`` (laid out like the factor) it belongs to.
+def _closed_form_updates(modules: list[FactorizedModule], of) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(destinations, gradients): the closed-form gradient of Σ ½‖U M Vᵀ‖² for every factor of
+    ``modules``, and the tensor ``of(parameter)`` (laid out like the factor) it belongs to.
 
     Triples of equal shapes are stacked and handled by one batched matmul chain (``frobenius_grads``
     accepts a batch dimension), so a model costs a few kernels per distinct layer shape, not per layer.
     """
     groups: dict[tuple, list[tuple[tuple, tuple]]] = defaultdict(list)
-    for module in _modules(model, fd_only=True):
+    for module in modules:
         for factors, destinations in zip(module.frobenius_factors(), module.frobenius_factors(of)):
             key = tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in factors)
             groups[key].append((factors, destinations))
@@ -65,30 +82,31 @@ def _closed_form_updates(model: nn.Module, of) -> tuple[list[torch.Tensor], list
 
 
 @torch.no_grad()
-def add_frobenius_grad_(model: nn.Module, coeff: float) -> None:
+def add_frobenius_grad_(model: nn.Module, coeff: float, plan: Mapping | None = None) -> None:
     """Coupled FD without a penalty term: ``p.grad += coeff · ∂/∂p Σ ½‖U M Vᵀ‖²`` for every factor of
     an FD layer, in closed form (``U (VᵀV)``, ``V (UᵀU)``, …), batched over equal shapes.
 
     Call it between ``loss.backward()`` and ``optimizer.step()``: the result equals backpropagating
-    ``loss + coeff · frobenius_penalty(model, fd_only=True)``, without the penalty's forward and
-    backward graph (several small kernels per layer). Missing gradients start at zero.
+    ``loss + coeff · frobenius_penalty(model, plan)``, without the penalty's forward and backward
+    graph (several small kernels per layer). Missing gradients start at zero.
     """
-    if coeff == 0:
+    modules = decayed_modules(model, plan)
+    if coeff == 0 or not modules:
         return
-    for param in factor_parameters(model, regularizer="fd"):
-        if param.grad is None:
-            param.grad = torch.zeros_like(param)
-    destinations, grads = _closed_form_updates(model, lambda p: p.grad)
-    if destinations:
-        torch._foreach_add_(destinations, grads, alpha=coeff)
+    for module in modules:
+        for param in module.factor_parameters():
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+    destinations, grads = _closed_form_updates(modules, lambda p: p.grad)
+    torch._foreach_add_(destinations, grads, alpha=coeff)
 
 
 @torch.no_grad()
-def decoupled_frobenius_decay_(model: nn.Module, lr: float, coeff: float) -> None:
+def decoupled_frobenius_decay_(model: nn.Module, lr: float, coeff: float, plan: Mapping | None = None) -> None:
     """One decoupled FD step for Adam-type optimizers: ``θ -= lr · coeff · ∇θ ½‖U M Vᵀ‖²``, in closed
     form and batched like ``add_frobenius_grad_`` (every gradient is taken before any factor moves)."""
-    if coeff == 0:
+    modules = decayed_modules(model, plan)
+    if coeff == 0 or not modules:
         return
-    destinations, grads = _closed_form_updates(model, lambda p: p)
-    if destinations:
-        torch._foreach_add_(destinations, grads, alpha=-lr * coeff)
+    destinations, grads = _closed_form_updates(modules, lambda p: p)
+    torch._foreach_add_(destinations, grads, alpha=-lr * coeff)

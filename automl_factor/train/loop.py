@@ -18,7 +18,7 @@ import math
 import functools
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import torch
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..factorization import add_frobenius_grad_, decoupled_frobenius_decay_, factor_parameters
+from ..factorization import add_frobenius_grad_, decayed_modules, decoupled_frobenius_decay_, factor_parameters
 from .data import DataBundle, Dataset, iterate_batches
 
 __all__ = ["TrainConfig", "TrainingDiverged", "make_optimizer", "make_schedule", "steps_per_epoch", "train_one_epoch",
@@ -63,13 +63,16 @@ class TrainConfig(BaseModel):
         return device.type == "cuda" if self.compile is None else self.compile
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD or AdamW. Under ``fd``, factors of FD layers get no weight decay (FD replaces it).
-    On CUDA the optimizer's fused kernels update all parameters in a few launches."""
+def make_optimizer(model: nn.Module, config: TrainConfig, plan: Mapping | None = None) -> torch.optim.Optimizer:
+    """SGD or AdamW. Factors of layers the plan decays with ``fd`` or ``none`` get no weight decay
+    (FD replaces it); everything else gets ``config.weight_decay``. Without a plan every factorized
+    layer is FD. On CUDA the optimizer's fused kernels update all parameters in a few launches."""
     decay = 0.0 if config.regularizer == "none" else config.weight_decay
-    fd_ids = {id(p) for p in factor_parameters(model, regularizer="fd")} if config.regularizer == "fd" else set()
-    others = [p for p in model.parameters() if id(p) not in fd_ids]
-    factors = [p for p in model.parameters() if id(p) in fd_ids]
+    undecayed = set()
+    if config.regularizer == "fd":
+        undecayed = {id(p) for kind in ("fd", "none") for p in factor_parameters(model, plan, kind)}
+    others = [p for p in model.parameters() if id(p) not in undecayed]
+    factors = [p for p in model.parameters() if id(p) in undecayed]
     groups = [{"params": others, "weight_decay": decay}]
     if factors:
         groups.append({"params": factors, "weight_decay": 0.0})
@@ -168,14 +171,16 @@ def compile_seconds(model: nn.Module) -> float:
 
 def train_one_epoch(model: nn.Module, data: DataBundle, optimizer: torch.optim.Optimizer,
                     schedule: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig, *,
-                    generator: torch.Generator, epoch: int = 0) -> dict[str, float]:
-    """One pass over the training split. Returns mean loss, train accuracy, images and seconds."""
+                    generator: torch.Generator, epoch: int = 0, plan: Mapping | None = None) -> dict[str, float]:
+    """One pass over the training split (Frobenius decay on the layers ``plan`` gives ``fd``; all
+    factorized layers without a plan). Returns mean loss, train accuracy, images and seconds."""
     device = next(model.parameters()).device
     compiled = config.compiled_on(device)
     forward_loss = _step_function(model, config, device, "loss")
     frobenius_decay = _step_function(model, config, device, "fd")
-    fd_coupled = config.regularizer == "fd" and config.optimizer == "sgd"
-    fd_decoupled = config.regularizer == "fd" and config.optimizer == "adamw"
+    fd_modules = nn.ModuleList(decayed_modules(model, plan)) if config.regularizer == "fd" else nn.ModuleList()
+    fd_coupled = len(fd_modules) > 0 and config.optimizer == "sgd"
+    fd_decoupled = len(fd_modules) > 0 and config.optimizer == "adamw"
     model.train()
     start = time.perf_counter()
     seen = 0
@@ -188,9 +193,9 @@ def train_one_epoch(model: nn.Module, data: DataBundle, optimizer: torch.optim.O
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if fd_coupled:
-            frobenius_decay(model, config.weight_decay)
+            frobenius_decay(fd_modules, config.weight_decay)
         if fd_decoupled:
-            decoupled_frobenius_decay_(model, schedule.get_last_lr()[0], config.weight_decay)
+            decoupled_frobenius_decay_(fd_modules, schedule.get_last_lr()[0], config.weight_decay)
         optimizer.step()
         schedule.step()
         seen += labels.numel()
@@ -222,7 +227,7 @@ def evaluate(model: nn.Module, split: Dataset, data: DataBundle, *, batch_size: 
     return int(correct) / len(split.labels)
 
 
-def fit(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int = 0,
+def fit(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int = 0, plan: Mapping | None = None,
         on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Train for ``config.epochs`` and evaluate after each epoch on validation (or test if none).
 
@@ -234,12 +239,13 @@ def fit(model: nn.Module, data: DataBundle, config: TrainConfig, *, seed: int = 
     generator = torch.Generator(device=device).manual_seed(seed)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, plan)
     schedule = make_schedule(optimizer, config, steps_per_epoch(len(data.train), config, device))
     eval_split = data.val if data.val is not None else data.test
     history = []
     for epoch in range(1, config.epochs + 1):
-        metrics = train_one_epoch(model, data, optimizer, schedule, config, generator=generator, epoch=epoch)
+        metrics = train_one_epoch(model, data, optimizer, schedule, config, generator=generator, epoch=epoch,
+                                  plan=plan)
         metrics["accuracy"] = evaluate(model, eval_split, data, channels_last=config.channels_last, config=config)
         metrics["epoch"] = epoch
         history.append(metrics)

@@ -114,7 +114,7 @@ def test_frobenius_penalty_resnet_equals_sum_of_dense_products() -> None:
     n_layers = sum(isinstance(mod, FactorizedLayer) for mod in fmodel.modules())
     assert n_layers == 18
     torch.testing.assert_close(frobenius_penalty(fmodel), expected, rtol=1e-10, atol=0)
-    torch.testing.assert_close(frobenius_penalty(fmodel, fd_only=True), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(frobenius_penalty(fmodel, _), expected, rtol=1e-10, atol=0)
 
 
 @pytest.mark.parametrize("attn_rank", [32, 16, 8])
@@ -136,26 +136,27 @@ def test_frobenius_penalty_vit_attention_per_head(attn_rank) -> None:
                                rtol=1e-10, atol=0)
 
 
-def test_fd_only_excludes_wd_layers() -> None:
-    fmodel, plan = _resnet_factorized(regularizers=("fd", "wd", "wd"))
-    fd_layers = [mod for name, mod in fmodel.named_modules() if isinstance(mod, FactorizedLayer)
-                 and plan[name].regularizer == "fd"]
-    wd_layers = [mod for name, mod in fmodel.named_modules() if isinstance(mod, FactorizedLayer)
-                 and plan[name].regularizer == "wd"]
-    assert fd_layers and wd_layers
-    assert all(m.regularizer == "fd" for m in fd_layers) and all(m.regularizer == "wd" for m in wd_layers)
-    fd = sum(0.5 * m.weight_matrix().square().sum() for m in fd_layers)
-    wd = sum(0.5 * m.weight_matrix().square().sum() for m in wd_layers)
-    torch.testing.assert_close(frobenius_penalty(fmodel, fd_only=True), fd, rtol=1e-10, atol=0)
-    torch.testing.assert_close(frobenius_penalty(fmodel), fd + wd, rtol=1e-10, atol=0)
+def test_the_plan_decides_which_layers_fd_decays() -> None:
+    fmodel, plan = _resnet_factorized(regularizers=("fd", "wd", "none"))
+    by_regularizer = {kind: [mod for name, mod in fmodel.named_modules() if isinstance(mod, FactorizedLayer)
+                             and plan[name].regularizer == kind] for kind in ("fd", "wd", "none")}
+    assert all(by_regularizer.values())
+    assert not any(hasattr(mod, "regularizer") for mods in by_regularizer.values() for mod in mods)  # data, not state
+    half_sq = {kind: sum(0.5 * m.weight_matrix().square().sum() for m in mods) for kind, mods in by_regularizer.items()}
+    torch.testing.assert_close(frobenius_penalty(fmodel, plan), half_sq["fd"], rtol=1e-10, atol=0)
+    torch.testing.assert_close(frobenius_penalty(fmodel), sum(half_sq.values()), rtol=1e-10, atol=0)  # no plan: all
+    for kind, mods in by_regularizer.items():
+        assert {id(p) for p in factor_parameters(fmodel, plan, kind)} == {id(p) for m in mods for p in m.factor_parameters()}
+    with pytest.raises(ValueError, match="regularizer must be one of"):
+        factor_parameters(fmodel, plan, "l1")
 
 
-def test_fd_only_excludes_wd_attention() -> None:
+def test_the_plan_decides_for_attention_too() -> None:
     model = _vit()
-    fmodel = factorize(model, {"blocks.0.attn": LayerPlan(rank=16, regularizer="wd"),
-                               "blocks.0.mlp.fc2": LayerPlan(rank=4)})
+    plan = {"blocks.0.attn": LayerPlan(rank=16, regularizer="wd"), "blocks.0.mlp.fc2": LayerPlan(rank=4)}
+    fmodel = factorize(model, plan)
     expected = 0.5 * fmodel.blocks[0].mlp.fc2.weight_matrix().square().sum()
-    torch.testing.assert_close(frobenius_penalty(fmodel, fd_only=True), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(frobenius_penalty(fmodel, plan), expected, rtol=1e-10, atol=0)
     assert frobenius_penalty(fmodel) > expected
 
 
@@ -163,24 +164,25 @@ def test_penalty_of_dense_model_is_zero() -> None:
     assert float(frobenius_penalty(nn.Sequential(nn.Linear(3, 2)))) == 0.0
 
 
-def _dense_fd_grads(fmodel, params):
+def _dense_fd_grads(fmodel, plan, params):
     """Autograd of Σ ½‖dense product‖² over FD layers, every product formed explicitly."""
-    return torch.autograd.grad(_dense_fd_total(fmodel), params)
+    return torch.autograd.grad(_dense_fd_total(fmodel, plan), params)
 
 
 @pytest.mark.parametrize("lr,coeff", [(0.1, 1e-3), (0.5, 0.2)])
 def test_decoupled_frobenius_decay_step(lr, coeff) -> None:
     model = _vit()
-    fmodel = factorize(model, {"blocks.0.attn": LayerPlan(rank=16), "blocks.0.mlp.fc1": LayerPlan(kind="deep", rank=5),
-                               "blocks.0.mlp.fc2": LayerPlan(rank=3, regularizer="wd")})
+    plan = {"blocks.0.attn": LayerPlan(rank=16), "blocks.0.mlp.fc1": LayerPlan(kind="deep", rank=5),
+            "blocks.0.mlp.fc2": LayerPlan(rank=3, regularizer="wd")}
+    fmodel = factorize(model, plan)
     with torch.no_grad():
         for i, p in enumerate(fmodel.parameters()):
             p.add_(0.1 * _rand(*p.shape, seed=100 + i))
-    fd_params = factor_parameters(fmodel, regularizer="fd")
-    grads = _dense_fd_grads(fmodel, fd_params)
+    fd_params = factor_parameters(fmodel, plan, "fd")
+    grads = _dense_fd_grads(fmodel, plan, fd_params)
     before = {name: p.detach().clone() for name, p in fmodel.named_parameters()}
     fd_ids = {id(p): g for p, g in zip(fd_params, grads)}
-    decoupled_frobenius_decay_(fmodel, lr, coeff)
+    decoupled_frobenius_decay_(fmodel, lr, coeff, plan)
     changed = 0
     for name, p in fmodel.named_parameters():
         if id(p) in fd_ids:
@@ -200,14 +202,14 @@ def test_decoupled_fd_with_zero_coeff_is_a_no_op() -> None:
 
 def test_factor_parameters_selects_factors_not_biases() -> None:
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
-    fmodel = factorize(model, {"0": LayerPlan(rank=2), "2": LayerPlan(kind="deep", rank=3),
-                               "4": LayerPlan(rank=2, regularizer="wd")})
-    fd = factor_parameters(fmodel)
+    plan = {"0": LayerPlan(rank=2), "2": LayerPlan(kind="deep", rank=3), "4": LayerPlan(rank=2, regularizer="wd")}
+    fmodel = factorize(model, plan)
+    fd = factor_parameters(fmodel, plan)
     want = [fmodel[0].U, fmodel[0].V, fmodel[2].U, fmodel[2].V, fmodel[2].M]
     assert {id(p) for p in fd} == {id(p) for p in want} and len(fd) == len(want)
     biases = {id(m.bias) for m in fmodel if getattr(m, "bias", None) is not None}
     assert len(biases) == 3 and not biases & {id(p) for p in fd}
-    wd = factor_parameters(fmodel, regularizer="wd")
+    wd = factor_parameters(fmodel, plan, "wd")
     assert {id(p) for p in wd} == {id(fmodel[4].U), id(fmodel[4].V)}
 
 
@@ -222,28 +224,29 @@ def test_factor_parameters_of_attention_are_the_four_weights() -> None:
 
 
 def _vit_mixed():
-    fmodel = factorize(_vit(), {"blocks.0.attn": LayerPlan(rank=16), "blocks.0.mlp.fc1": LayerPlan(kind="deep", rank=5),
-                                "blocks.0.mlp.fc2": LayerPlan(rank=3, regularizer="wd")})
+    plan = {"blocks.0.attn": LayerPlan(rank=16), "blocks.0.mlp.fc1": LayerPlan(kind="deep", rank=5),
+            "blocks.0.mlp.fc2": LayerPlan(rank=3, regularizer="wd")}
+    fmodel = factorize(_vit(), plan)
     with torch.no_grad():
         for i, p in enumerate(fmodel.parameters()):
             p.add_(0.1 * _rand(*p.shape, seed=200 + i))
-    return fmodel
+    return fmodel, plan
 
 
-@pytest.mark.parametrize("build", [lambda: _resnet_factorized(("fd", "fd", "wd"))[0], _vit_mixed],
+@pytest.mark.parametrize("build", [lambda: _resnet_factorized(("fd", "fd", "wd")), _vit_mixed],
                          ids=["resnet_kinds_layouts", "vit_attention"])
 @pytest.mark.parametrize("coeff", [1e-3, 0.7])
 def test_add_frobenius_grad_equals_autograd_of_dense_products(build, coeff) -> None:
     """Every kind (low-rank, deep, overcomplete rank 100), both conv layouts, attention heads, and a
     ``wd`` layer left alone: grad += coeff · autograd of Σ ½‖dense product‖² over FD layers."""
-    fmodel = build()
+    fmodel, plan = build()
     params = list(fmodel.parameters())
     existing = [_rand(*p.shape, seed=300 + i) for i, p in enumerate(params)]
     for p, g in zip(params, existing):
         p.grad = g.clone()
-    want = dict(zip(map(id, params), torch.autograd.grad(_dense_fd_total(fmodel), params, allow_unused=True)))
-    add_frobenius_grad_(fmodel, coeff)
-    fd_ids = {id(p) for p in factor_parameters(fmodel, regularizer="fd")}
+    want = dict(zip(map(id, params), torch.autograd.grad(_dense_fd_total(fmodel, plan), params, allow_unused=True)))
+    add_frobenius_grad_(fmodel, coeff, plan)
+    fd_ids = {id(p) for p in factor_parameters(fmodel, plan)}
     assert fd_ids
     for p, g in zip(params, existing):
         if id(p) in fd_ids:
@@ -252,10 +255,10 @@ def test_add_frobenius_grad_equals_autograd_of_dense_products(build, coeff) -> N
             assert torch.equal(p.grad, g)  # biases, BN, dense layers and wd factors untouched
 
 
-def _dense_fd_total(fmodel) -> torch.Tensor:
+def _dense_fd_total(fmodel, plan) -> torch.Tensor:
     total = torch.zeros((), dtype=torch.float64)
-    for mod in fmodel.modules():
-        if getattr(mod, "regularizer", None) != "fd":
+    for name, mod in fmodel.named_modules():
+        if name not in plan or plan[name].regularizer != "fd":
             continue
         if isinstance(mod, FactorizedLayer):
             total = total + 0.5 * mod.weight_matrix().square().sum()
@@ -267,7 +270,7 @@ def _dense_fd_total(fmodel) -> torch.Tensor:
 def test_add_frobenius_grad_equals_penalty_backward_and_starts_missing_grads_at_zero() -> None:
     fmodel, _ = _resnet_factorized()
     penalty_model, _ = _resnet_factorized()
-    (0.01 * frobenius_penalty(penalty_model, fd_only=True)).backward()
+    (0.01 * frobenius_penalty(penalty_model)).backward()
     add_frobenius_grad_(fmodel, 0.01)  # no backward before: every factor grad starts at zero
     for (name, p), q in zip(fmodel.named_parameters(), penalty_model.parameters()):
         if q.grad is None:

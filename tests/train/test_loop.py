@@ -34,13 +34,13 @@ def _ids(params):
 def test_make_optimizer_groups(regularizer, optimizer) -> None:
     fmodel = factorize(_mlp(), PLAN)
     config = TrainConfig(regularizer=regularizer, optimizer=optimizer, weight_decay=3e-4)
-    opt = make_optimizer(fmodel, config)
+    opt = make_optimizer(fmodel, config, PLAN)
     all_ids = _ids(fmodel.parameters())
     grouped = [_ids(g["params"]) for g in opt.param_groups]
     assert set().union(*grouped) == all_ids and sum(len(g) for g in grouped) == len(all_ids)
     if regularizer == "fd":
         fd = _ids([fmodel[1].U, fmodel[1].V, fmodel[3].U, fmodel[3].V, fmodel[3].M])
-        assert fd == _ids(factor_parameters(fmodel))
+        assert fd == _ids(factor_parameters(fmodel, PLAN))
         assert len(opt.param_groups) == 2
         by_decay = {g["weight_decay"]: _ids(g["params"]) for g in opt.param_groups}
         assert by_decay[0.0] == fd
@@ -62,8 +62,8 @@ def _bundle(n=6, seed=0):
 
 
 def _dense_fd(fmodel) -> torch.Tensor:
-    return sum(0.5 * m.weight_matrix().square().sum() for m in fmodel.modules()
-               if isinstance(m, FactorizedLayer) and m.regularizer == "fd")
+    return sum(0.5 * m.weight_matrix().square().sum() for name, m in fmodel.named_modules()
+               if isinstance(m, FactorizedLayer) and PLAN[name].regularizer == "fd")
 
 
 @pytest.mark.parametrize("regularizer", ["fd", "wd", "none"])
@@ -81,7 +81,7 @@ def test_one_sgd_step_matches_manual_update(regularizer) -> None:
     loss = F.cross_entropy(fmodel(x), bundle.train.labels)
     params = list(fmodel.parameters())
     g_loss = torch.autograd.grad(loss, params)
-    fd_ids = _ids(factor_parameters(fmodel)) if regularizer == "fd" else set()
+    fd_ids = _ids(factor_parameters(fmodel, PLAN)) if regularizer == "fd" else set()
     g_fd = dict(zip(map(id, params), torch.autograd.grad(_dense_fd(fmodel), params, allow_unused=True)))
     expected = []
     for p, g in zip(params, g_loss):
@@ -91,9 +91,10 @@ def test_one_sgd_step_matches_manual_update(regularizer) -> None:
             expected.append(p.detach() - lr * g)
         else:
             expected.append(p.detach() - lr * (g + wd * p.detach()))
-    opt = make_optimizer(fmodel, config)
+    opt = make_optimizer(fmodel, config, PLAN)
     schedule = make_schedule(opt, config, steps_per_epoch=1)
-    metrics = train_one_epoch(fmodel, bundle, opt, schedule, config, generator=torch.Generator().manual_seed(0))
+    metrics = train_one_epoch(fmodel, bundle, opt, schedule, config, generator=torch.Generator().manual_seed(0),
+                              plan=PLAN)
     assert metrics["images"] == len(bundle.train)
     assert metrics["loss"] == pytest.approx(loss.item(), rel=1e-5)
     for (name, p), want in zip(fmodel.named_parameters(), expected):
@@ -105,23 +106,23 @@ def test_one_adamw_step_applies_decoupled_fd() -> None:
     fmodel = factorize(_mlp(), PLAN)
     bundle = _bundle()
     config = TrainConfig(epochs=1, batch_size=len(bundle.train), lr=lr, weight_decay=wd, optimizer="adamw")
-    fd_params = factor_parameters(fmodel)
+    fd_params = factor_parameters(fmodel, PLAN)
     g_fd = torch.autograd.grad(_dense_fd(fmodel), fd_params)
     before = [p.detach().clone() for p in fd_params]
     # reference: an untouched copy trained with FD switched off and no AdamW decay on the factors
     ref = factorize(_mlp(), PLAN)
     ref.load_state_dict(fmodel.state_dict())
-    ref_opt = make_optimizer(ref, config)
-    fd_ref = _ids(factor_parameters(ref))
+    ref_opt = make_optimizer(ref, config, PLAN)
+    fd_ref = _ids(factor_parameters(ref, PLAN))
     assert all(g["weight_decay"] == 0.0 for g in ref_opt.param_groups if _ids(g["params"]) == fd_ref)
-    opt = make_optimizer(fmodel, config)
+    opt = make_optimizer(fmodel, config, PLAN)
     train_one_epoch(fmodel, bundle, opt, make_schedule(opt, config, 1), config,
-                    generator=torch.Generator().manual_seed(0))
+                    generator=torch.Generator().manual_seed(0), plan=PLAN)
     ref_config = config.model_copy(update={"regularizer": "none"})
     ref_opt = make_optimizer(ref, ref_config)
     train_one_epoch(ref, bundle, ref_opt, make_schedule(ref_opt, ref_config, 1), ref_config,
                     generator=torch.Generator().manual_seed(0))
-    ref_fd = factor_parameters(ref)
+    ref_fd = factor_parameters(ref, PLAN)
     for p, r, b, g in zip(fd_params, ref_fd, before, g_fd):
         # Adam's step does not depend on the decoupled FD (applied after the gradient), so the only
         # difference to the FD-free run is −lr·λ·∇FD
