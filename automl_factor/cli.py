@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-__all__ = ["UsageError", "Parser", "fail"]
+__all__ = ["UsageError", "Parser", "DefaultsFormatter", "fail"]
 
 
 class UsageError(ValueError):
@@ -22,3 +22,15 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         fail(f"{message} (see --help)")
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` that shows each option's default, unless its help already says it ("(default ...")
+    or there is none worth showing (None: the help says what happens instead; False: a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("(default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"

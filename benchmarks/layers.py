@@ -181,18 +181,18 @@ def fd_overhead(model_name, width, batch, device, repeats, quick) -> dict:
     for regularizer in ("fd", "wd"):
         plan = uniform_plan(dense, params_ratio=0.1, regularizer=regularizer)
         model = factorize(dense, plan).to(device)
-        config = TrainConfig(epochs=1, batch_size=batch, regularizer=regularizer, lr=0.01)
-        optimizer = make_optimizer(model, config)
+        config = TrainConfig(epochs=1, batch_size=batch, lr=0.01)
+        optimizer = make_optimizer(model, config, plan)
         schedule = make_schedule(optimizer, config, 1)
-        setups[regularizer] = (model, optimizer, schedule, config)
+        setups[regularizer] = (model, optimizer, schedule, config, plan)
     params_ratio = count_params(setups["fd"][0]) / count_params(dense)
     generator = torch.Generator().manual_seed(0)
 
     def step(regularizer):
-        model, optimizer, schedule, config = setups[regularizer]
+        model, optimizer, schedule, config, plan = setups[regularizer]
         sync(device)
         start = time.perf_counter()
-        train_one_epoch(model, data, optimizer, schedule, config, generator=generator)
+        train_one_epoch(model, data, optimizer, schedule, config, generator=generator, plan=plan)
         sync(device)
         return time.perf_counter() - start
 

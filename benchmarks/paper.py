@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -34,7 +33,8 @@ from _common import DEFAULT_DATA, data_spec, machine, markdown_table, write_json
 from automl_factor.factorization import collapse, count_params, factorize, uniform_plan
 from automl_factor.factorization.frobenius import nuclear_norm_and_bound
 from automl_factor.factorization.layers import FactorizedLayer
-from automl_factor.train import TrainConfig, build_model, evaluate, load, make_optimizer, make_schedule, train_one_epoch
+from automl_factor.train import (TrainConfig, build_model, evaluate, load, make_optimizer, make_schedule,
+                                 steps_per_epoch, train_one_epoch)
 from automl_factor.train.data import Dataset
 
 # Table 1 rows: (name, kind, init, regularizer)
@@ -114,27 +114,31 @@ def decay_exposure(config: TrainConfig, steps_per_epoch: int) -> float:
     return config.weight_decay * total
 
 
-def train(model, data, args, *, regularizer, seed, epochs=None, lr=None, weight_decay=None, batch_size=None,
+def train(model, data, args, *, plan=None, seed, epochs=None, lr=None, weight_decay=None, batch_size=None,
           track_ratio=False):
-    """Train with the library's loop; returns (test accuracy, per-epoch log, seconds, decay exposure)."""
+    """Train with the library's loop (each factorized layer decayed as ``plan`` says; a dense model
+    gets plain weight decay); returns (test accuracy, per-epoch log, seconds, decay exposure)."""
     config = TrainConfig(epochs=epochs or args.epochs, batch_size=batch_size or args.batch_size,
-                         lr=lr or args.lr, weight_decay=weight_decay or args.weight_decay, regularizer=regularizer)
+                         lr=lr or args.lr, weight_decay=weight_decay or args.weight_decay)
     torch.manual_seed(seed)
-    optimizer = make_optimizer(model, config)
-    schedule = make_schedule(optimizer, config, math.ceil(len(data.train) / config.batch_size))
-    generator = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    data = data.to(device)
+    optimizer = make_optimizer(model, config, plan)
+    schedule = make_schedule(optimizer, config, steps_per_epoch(len(data.train), config, device))
+    generator = torch.Generator(device=device).manual_seed(seed)
     log = [{"epoch": 0, "nuclear_ratio": nuclear_ratio(model)}] if track_ratio else []
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        metrics = train_one_epoch(model, data, optimizer, schedule, config, generator=generator, epoch=epoch)
+        metrics = train_one_epoch(model, data, optimizer, schedule, config, generator=generator, epoch=epoch,
+                                  plan=plan)
         entry = {"epoch": epoch, "loss": metrics["loss"], "train_accuracy": metrics["train_accuracy"],
                  "seconds": metrics["seconds"]}
         if track_ratio:
             entry["nuclear_ratio"] = nuclear_ratio(model)
         log.append(entry)
     seconds = time.perf_counter() - start
-    exposure = decay_exposure(config, math.ceil(len(data.train) / config.batch_size))
-    return evaluate(model, data.test, data), log, seconds, exposure
+    exposure = decay_exposure(config, steps_per_epoch(len(data.train), config, device))
+    return evaluate(model, data.test, data, config=config), log, seconds, exposure
 
 
 def dense_model(args, data, seed, name=None, width=None):
@@ -228,8 +232,8 @@ def main(argv=None):
         dense = dense_model(args, data, seed)
         plan = uniform_plan(dense, params_ratio=args.params_ratio, init=init, regularizer=regularizer)
         model = factorize(dense, plan, generator=torch.Generator().manual_seed(seed)).to(args.device)
-        accuracy, log, seconds, exposure = train(model, data, args, regularizer=regularizer, seed=seed,
-                                                 track_ratio=True, **overrides)
+        accuracy, log, seconds, exposure = train(model, data, args, plan=plan, seed=seed, track_ratio=True,
+                                                 **overrides)
         params = count_params(model)
         runs.add(key, row=row, seed=seed, accuracy=accuracy, params=params, params_ratio=params / dense_params,
                  seconds=seconds, exposure=exposure, log=log)
@@ -248,7 +252,7 @@ def main(argv=None):
         dense_key, prune_key = key, f"pruning | seed {seed}"
         if not (runs.done(dense_key) and runs.done(prune_key)):
             model = dense_model(args, data, seed)
-            accuracy, log, seconds, _ = train(model, data, args, regularizer="wd", seed=seed)
+            accuracy, log, seconds, _ = train(model, data, args, seed=seed)
             if not runs.done(dense_key):
                 runs.add(dense_key, row="dense", seed=seed, accuracy=accuracy, params=dense_params, params_ratio=1.0,
                          seconds=seconds, log=log)
@@ -257,8 +261,8 @@ def main(argv=None):
             keep = runs.results[f"low-rank + SI + FD | seed {seed}"]["params"]
             magnitude_prune(model, list(names), keep)
             before = evaluate(model, data.test, data)
-            accuracy, log, seconds, _ = train(model, data, args, regularizer="wd", seed=seed,
-                                              epochs=args.prune_finetune_epochs, lr=args.lr / 10)
+            accuracy, log, seconds, _ = train(model, data, args, seed=seed, epochs=args.prune_finetune_epochs,
+                                              lr=args.lr / 10)
             nonzero = nonzero_params(model)
             runs.add(prune_key, row="pruning", seed=seed, accuracy=accuracy, accuracy_before_finetune=before,
                      params=nonzero, params_ratio=nonzero / dense_params, seconds=seconds, log=log)
@@ -269,15 +273,15 @@ def main(argv=None):
             oc_reference = dense_model(args, data, seed, args.oc_model, args.oc_width)
             oc_params = count_params(oc_reference)
             if not runs.done(dense_key):
-                accuracy, log, seconds, _ = train(oc_reference, data, args, regularizer="wd", seed=seed)
+                accuracy, log, seconds, _ = train(oc_reference, data, args, seed=seed)
                 runs.add(dense_key, row="dense", seed=seed, accuracy=accuracy, params=oc_params, params_ratio=1.0,
                          seconds=seconds, log=log)
             if not runs.done(oc_key):
                 dense = dense_model(args, data, seed, args.oc_model, args.oc_width)
-                plan = uniform_plan(dense, rank_scale=3.0, init="spectral", regularizer="fd")
+                plan = uniform_plan(dense, rank_scale=3.0, kind="overcomplete", init="spectral", regularizer="fd")
                 model = factorize(dense, plan, generator=torch.Generator().manual_seed(seed)).to(args.device)
                 train_params = count_params(model, inference=False)
-                accuracy, log, seconds, _ = train(model, data, args, regularizer="fd", seed=seed)
+                accuracy, log, seconds, _ = train(model, data, args, plan=plan, seed=seed)
                 deployed = collapse(model)
                 collapsed = evaluate(deployed, data.test, data)
                 runs.add(oc_key, row="overcomplete", seed=seed, accuracy=collapsed, factorized_accuracy=accuracy,

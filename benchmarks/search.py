@@ -2,8 +2,8 @@
 
 Drives the real command line (``python -m automl_factor.search``) as a subprocess for each method
 and seed, reads back ``trials.parquet`` and computes, with the library's reference point
-(``automl_factor.search.pareto.HV_REFERENCE`` on accuracy, params_ratio, latency_ratio), the
-hypervolume of the full-budget trials finished so far against wall time and trial-epochs.
+(``automl_factor.search.pareto.OBJECTIVES``' hv_reference on accuracy, params_ratio / budget,
+latency_ratio), the hypervolume of the full-budget trials finished so far against wall time and trial-epochs.
 
 Methods (every search gets the same time budget, trial cap, epochs, data and parameter budget):
 
@@ -35,7 +35,11 @@ import _common  # noqa: F401  (puts the repo on sys.path)
 import yaml
 
 from _common import DEFAULT_DATA, REPO, data_spec, machine, markdown_table, write_json
-from automl_factor.search.pareto import HV_OBJECTIVES, HV_REFERENCE, hypervolume, nondominated
+from automl_factor.search.pareto import NAMES as HV_OBJECTIVES
+from automl_factor.search.pareto import hv_reference
+from automl_factor.search.tracking import search_hypervolume
+
+HV_REFERENCE = hv_reference()  # params read as a fraction of the budget
 
 METHODS = {
     "ours": {"sampler": "tpe", "scheduler": "moasha", "space": "ours", "warm_start": True},
@@ -188,12 +192,13 @@ def settings_of(args) -> dict:
 def curve(record: dict) -> list[dict]:
     """HV of the complete trials finished so far, after each finished trial, with compute spent."""
     rows = sorted(record["rows"], key=lambda r: r["finished_at"] or 0)
-    points, epochs, out = [], 0, [{"wall_s": 0.0, "trial_epochs": 0, "hv": 0.0, "hv2": 0.0}]
+    points, complete, epochs, out = [], [], 0, [{"wall_s": 0.0, "trial_epochs": 0, "hv": 0.0, "hv2": 0.0}]
     for row in rows:
         epochs += int(row["epochs_trained"] or 0)
         if row["status"] == "complete" and row["accuracy"] is not None:
             points.append([row[k] for k in HV_OBJECTIVES])
-        hv = hypervolume(_front(points)) if points else 0.0
+            complete.append(row)
+        hv = search_hypervolume(complete, record["settings"]["budget_params"])
         hv2 = _hv2(points)
         out.append({"wall_s": row["finished_at"] - record["started"], "trial_epochs": epochs, "hv": hv, "hv2": hv2})
     return out
@@ -210,14 +215,6 @@ def _hv2(points) -> float:
         right = best[index + 1][1] if index + 1 < len(best) else 1.0
         area += accuracy * (right - params)
     return area
-
-
-def _front(points):
-    import numpy as np
-
-    matrix = np.array(points, dtype=float)
-    # nondominated() works on (accuracy, params, latency_ms) directions, the same as on latency_ratio
-    return matrix[nondominated(matrix)]
 
 
 def hv_at(points: list[dict], key: str, budget: float) -> float:

@@ -68,15 +68,17 @@ def parse_args(argv=None):
     return args
 
 
-def build(args, variant: str) -> torch.nn.Module:
-    """The dense model, or its ~``params_ratio`` factorization with the variant's init and regularizer."""
+def build(args, variant: str) -> tuple[torch.nn.Module, dict | None]:
+    """(model, plan): the dense model (no plan), or its ~``params_ratio`` factorization with the
+    variant's init and regularizer."""
     name, factorized, init, regularizer = next(v for v in VARIANTS if v[0] == variant)
     torch.manual_seed(0)
     kwargs = {} if args.model == "resnet32_lt" and args.width == 1 else {"width_multiplier": args.width}
     dense = models.create(args.model, num_classes=10, **kwargs)
     if not factorized:
-        return dense
-    return factorize(dense, uniform_plan(dense, params_ratio=args.params_ratio, init=init, regularizer=regularizer))
+        return dense, None
+    plan = uniform_plan(dense, params_ratio=args.params_ratio, init=init, regularizer=regularizer)
+    return factorize(dense, plan), plan
 
 
 def synthetic_data(args, device) -> DataBundle:
@@ -92,23 +94,23 @@ def synthetic_data(args, device) -> DataBundle:
 def train_speed(args, variant: str, batch: int, compiled: bool, device, *, seconds: float | None = None) -> dict:
     """img/s of ``train_one_epoch`` after a first (warm-up/compile) epoch; with ``seconds``, epochs
     are repeated until that much training time has passed (the share part)."""
-    model = build(args, variant).to(device)
-    regularizer = next(v for v in VARIANTS if v[0] == variant)[3]
-    config = TrainConfig(epochs=1000, batch_size=batch, lr=0.01, regularizer=regularizer, compile=compiled)
+    model, plan = build(args, variant)
+    model = model.to(device)
+    config = TrainConfig(epochs=1000, batch_size=batch, lr=0.01, compile=compiled)
     data = synthetic_data(args, device)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, plan)
     schedule = make_schedule(optimizer, config, steps_per_epoch(len(data.train), config, device))
     generator = torch.Generator(device=device).manual_seed(0)
     start = time.perf_counter()
-    train_one_epoch(model, data, optimizer, schedule, config, generator=generator)
+    train_one_epoch(model, data, optimizer, schedule, config, generator=generator, plan=plan)
     warmup_s = time.perf_counter() - start
     images, elapsed, epochs = 0, 0.0, 0
     while epochs < 2 or (seconds is not None and elapsed < seconds):
-        metrics = train_one_epoch(model, data, optimizer, schedule, config, generator=generator)
+        metrics = train_one_epoch(model, data, optimizer, schedule, config, generator=generator, plan=plan)
         images, elapsed, epochs = images + metrics["images"], elapsed + metrics["seconds"], epochs + 1
     return {"variant": variant, "batch": batch, "compiled": compiled, "img_per_s": images / elapsed,
             "warmup_s": warmup_s, "compile_s": compile_seconds(model), "epochs_timed": epochs,
-            "params_ratio": count_params(model) / count_params(build(args, "dense"))}
+            "params_ratio": count_params(model) / count_params(build(args, "dense")[0])}
 
 
 def throughput(args, device) -> list[dict]:
@@ -125,7 +127,7 @@ def throughput(args, device) -> list[dict]:
 
 
 def latency(args, device) -> list[dict]:
-    dense, candidate = build(args, "dense").to(device), build(args, "SI+FD").to(device)
+    dense, candidate = build(args, "dense")[0].to(device), build(args, "SI+FD")[0].to(device)
     rows = []
     for batch in (1, args.serving_batch):
         measured = paired_latency(candidate, dense, (batch, 3, args.image_size, args.image_size),

@@ -15,14 +15,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
+from .._validation import first_problem
 from .attention import is_attention
-from .kinds import dense_params, full_rank, get_kind, matrix_shape, snap_rank
+from .kinds import dense_params, full_rank, get_kind, snap_rank
 from .layers import is_factorized
 
 __all__ = [
-    "LayerPlan", "Plan", "parse_plan", "factorizable_layers", "factorize", "collapse", "count_params",
+    "REGULARIZERS", "LayerPlan", "Plan", "parse_plan", "factorizable_layers", "factorize", "collapse", "count_params",
     "planned_params", "full_rank", "uniform_plan", "fit_to_budget", "round_ranks", "is_factorized",
 ]
+
+
+REGULARIZERS = ("fd", "wd", "none")  # what decays a factorized layer's factors: the one vocabulary
 
 
 class LayerPlan(BaseModel):
@@ -42,7 +46,7 @@ class LayerPlan(BaseModel):
     rank: int | None = Field(default=None, ge=1)
     init: Literal["spectral", "default"] = "spectral"
     layout: Literal["spatial", "channel"] = "spatial"
-    regularizer: Literal["fd", "wd", "none"] = "fd"
+    regularizer: Literal[REGULARIZERS] = "fd"
 
     @field_validator("kind")
     @classmethod
@@ -66,11 +70,8 @@ def parse_plan(plan: Mapping[str, LayerPlan | Mapping]) -> Plan:
     for name, layer in plan.items():
         try:
             parsed[name] = layer if isinstance(layer, LayerPlan) else LayerPlan.model_validate(layer)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"plan for layer {name!r}: {where + ': ' if where else ''}{first['msg']}, "
-                             f"got {layer!r}") from None
+        except ValidationError as error:
+            raise ValueError(f"plan for layer {name!r}: {first_problem(error)}") from None
     return parsed
 
 

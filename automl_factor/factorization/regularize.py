@@ -21,11 +21,10 @@ from torch import nn
 
 from .frobenius import frobenius_grads, half_frobenius_sq
 from .layers import FactorizedModule, is_factorized
+from .plan import REGULARIZERS
 
 __all__ = ["REGULARIZERS", "decayed_modules", "frobenius_penalty", "factor_parameters", "add_frobenius_grad_",
            "decoupled_frobenius_decay_"]
-
-REGULARIZERS = ("fd", "wd", "none")  # what decays a factorized layer's factors: the one vocabulary
 
 
 def decayed_modules(model: nn.Module, plan: Mapping | None = None, regularizer: str = "fd") -> list[FactorizedModule]:

@@ -16,19 +16,28 @@ import mlflow
 import optuna
 import pyarrow.fs as pafs
 import ray
+import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from .pareto import HV_REFERENCE, OBJECTIVES
+from ..cli import UsageError
+from ..factorization import LayerPlan, factorize
+from ..train import build_model
+from ..train.measure import paired_latency
+from .pareto import MODES, NAMES, OBJECTIVES
+from .schedulers import STATE_FILE as MOASHA_STATE_FILE
 from .schedulers import MultiObjectiveASHA
 from .searcher import FullBudgetOptunaSearch, make_sampler
-from .space import SpaceSampler, paper_recipe_point
-from .tracking import RunFolder, SearchTracker, pareto_rows
+from .space import PlanKeys, SpaceSampler, paper_recipe_point, smallest_plan_params
+from .tracking import RunFolder, SearchTracker, pareto_rows, search_hypervolume
 from .trainable import TrialSetup, start_cost_cache, train_trial, trial_dirname
 
 __all__ = ["run_search", "print_front", "STATE_FILE"]
 
+# Trials per GPU by default (4): measured on one H200, 5 processes sharing it gave 1.4x one alone with
+# the old eager step; packing pays once each trial is lean (issue 10; benchmarks/speed.py `share`).
+DEFAULT_GPU_SHARE = 0.25
 STATE_FILE = "search.json"  # parent run id and the arguments, for --resume and export
 
 
@@ -49,85 +58,103 @@ def _write_state(run_uri: str, state: dict) -> None:
 
 def _parent_run(prepared, client: MlflowClient) -> tuple[str, str]:
     """(experiment id, parent run id): created for a new search, read back for --resume."""
-    args = prepared.args
+    options = prepared.options
     state = _read_state(prepared.run_uri)
-    if args.resume:
+    if options.resume:
         if state is None:
-            raise SystemExit(f"error: --resume: no search named {prepared.name!r} under {args.storage_path!r}")
+            raise UsageError(f"--resume: no search named {prepared.name!r} under {options.storage_path!r}")
         return state["experiment_id"], state["parent_run_id"]
     if state is not None:
-        raise SystemExit(f"error: a search named {prepared.name!r} already exists; pass --resume or another --name")
-    experiment = client.get_experiment_by_name(args.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(args.experiment)
+        raise UsageError(f"a search named {prepared.name!r} already exists; pass --resume or another --name")
+    experiment = client.get_experiment_by_name(options.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(options.experiment)
     parent = client.create_run(experiment_id, run_name=prepared.name, tags={"automl_factor.role": "search"})
     run_id = parent.info.run_id
-    params = {key: str(value) for key, value in vars(args).items()}
+    params = {key: str(value) for key, value in options.model_dump().items()}
     params.update(model=prepared.space.model, dataset=prepared.space.data.name, dense_params=prepared.dense_params,
                   max_epochs=prepared.space.max_epochs, storage=prepared.run_uri,
-                  hypervolume_reference=str(dict(zip(("accuracy", "params_ratio", "latency_ratio"), HV_REFERENCE))))
+                  objectives=", ".join(f"{o.name} ({o.direction})" for o in OBJECTIVES),
+                  hypervolume_reference=str({("params_ratio/budget" if o.per_budget else o.name): o.hv_reference
+                                             for o in OBJECTIVES}))
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
     client.log_text(run_id, prepared.space_text, "space.yaml")
     _write_state(prepared.run_uri, {"experiment_id": experiment_id, "parent_run_id": run_id,
-                                    "tracking_uri": args.mlflow_uri, "args": {k: str(v) for k, v in vars(args).items()}})
+                                    "tracking_uri": options.mlflow_uri, "options": options.model_dump()})
     return experiment_id, run_id
 
 
-def _scheduler(args, max_epochs: int):
-    if args.scheduler == "moasha":
-        return MultiObjectiveASHA(max_t=max_epochs, grace_period=min(args.grace_period, max_epochs),
-                                  reduction_factor=args.reduction_factor)
-    if args.scheduler == "asha":
+def _scheduler(options, max_epochs: int, run_uri: str):
+    # The first rung at a third of the schedule by default: earlier, accuracy says little about the
+    # final ranking (before the first learning-rate step), and two rungs at η=3 leave ~1/9 of the
+    # trials complete, too few for a front.
+    grace_period = min(options.grace_period or max(1, max_epochs // 3), max_epochs)
+    if options.scheduler == "moasha":
+        return MultiObjectiveASHA(max_t=max_epochs, grace_period=grace_period,
+                                  reduction_factor=options.reduction_factor,
+                                  state_uri=f"{run_uri.rstrip('/')}/{MOASHA_STATE_FILE}")
+    if options.scheduler == "asha":
         return ASHAScheduler(time_attr="epoch", metric="accuracy", mode="max", max_t=max_epochs,
-                             grace_period=min(args.grace_period, max_epochs), reduction_factor=args.reduction_factor)
+                             grace_period=grace_period, reduction_factor=options.reduction_factor)
     return FIFOScheduler()
 
 
-def _searcher(prepared) -> FullBudgetOptunaSearch:
-    args, space = prepared.args, prepared.space
+def _searcher(prepared, rank_multiple: int) -> FullBudgetOptunaSearch:
+    options, space = prepared.options, prepared.space
     storage = None
     if "://" not in prepared.run_uri:  # a local folder: keep the study on disk, readable after the search
         storage = optuna.storages.RDBStorage(f"sqlite:///{prepared.run_uri}/optuna.db")
+    dense = build_model(space.model, prepared.data, **space.model_kwargs)
+    smallest_share = smallest_plan_params(space, dense) / (options.budget_fraction * prepared.dense_params)
     return FullBudgetOptunaSearch(
-        space=SpaceSampler(space), metric=list(OBJECTIVES), mode=["max", "min", "min"],
-        points_to_evaluate=None if args.no_warm_start else [paper_recipe_point(space)],
-        sampler=make_sampler(args.sampler, args.seed, startup_trials=max(4, min(10, args.num_samples // 4))),
+        space=SpaceSampler(space, smallest_share=smallest_share), metric=list(NAMES), mode=list(MODES),
+        plan_key=PlanKeys(space, dense, options.budget_fraction, rank_multiple),
+        points_to_evaluate=[paper_recipe_point(space)] if options.warm_start else None,
+        sampler=make_sampler(options.sampler, options.seed, startup_trials=max(4, min(10, options.num_samples // 4))),
         storage=storage, study_name=prepared.name, max_epochs=space.max_epochs)
 
 
-def run_search(prepared) -> list[dict]:
-    """Run (or resume) the search and return the trial rows."""
-    args, space = prepared.args, prepared.space
-    mlflow.set_tracking_uri(args.mlflow_uri)
-    client = MlflowClient(args.mlflow_uri)
+def run_search(prepared) -> tuple[list[dict], dict]:
+    """Run (or resume) the search; return the trial rows and the latency noise summary."""
+    options, space = prepared.options, prepared.space
+    mlflow.set_tracking_uri(options.mlflow_uri)
+    client = MlflowClient(options.mlflow_uri)
     experiment_id, parent_run_id = _parent_run(prepared, client)
-    print(f"search {prepared.name}: {space.model} on {space.data.name}, budget {args.budget_params:g} of "
-          f"{prepared.dense_params:,} params, {args.num_samples} trials x {space.max_epochs} epochs, "
-          f"{args.sampler} + {args.scheduler}", flush=True)
-    print(f"results: {prepared.run_uri}   MLflow: {args.mlflow_uri} (parent run {parent_run_id})", flush=True)
+    print(f"search {prepared.name}: {space.model} on {space.data.name}, budget {options.budget_fraction:g} of "
+          f"{prepared.dense_params:,} params, {options.num_samples} trials x {space.max_epochs} epochs, "
+          f"{options.sampler} + {options.scheduler}", flush=True)
+    print(f"results: {prepared.run_uri}   MLflow: {options.mlflow_uri} (parent run {parent_run_id})", flush=True)
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=args.address, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
-                 logging_level=logging.WARNING)
+        local = {"_node_ip_address": "127.0.0.1"} if options.address is None else {}  # a local runtime stays local
+        ray.init(address=options.address, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+                 logging_level=logging.WARNING, **local)
     cost_cache = start_cost_cache()  # noqa: F841 - held so the actor lives as long as the search
-    tracker = SearchTracker(tracking_uri=args.mlflow_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
+    tracker = SearchTracker(tracking_uri=options.mlflow_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
                             folder=RunFolder(prepared.run_uri), max_epochs=space.max_epochs,
-                            num_samples=args.num_samples)
-    setup = TrialSetup(space=space, budget=args.budget_params, seed=args.seed)
+                            num_samples=options.num_samples, budget=options.budget_fraction, finalize_on_end=False)
+    gpus_per_trial = options.gpus_per_trial
+    if gpus_per_trial is None:  # several trials per GPU: one CIFAR-size trial cannot fill a GPU
+        gpus_per_trial = DEFAULT_GPU_SHARE if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    rank_multiple = 8 if gpus_per_trial > 0 else 1  # GPU matrix units work in tiles of 8 channels
+    setup = TrialSetup(space=space, budget=options.budget_fraction, seed=options.seed, rank_multiple=rank_multiple)
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=prepared.data, setup=setup),
-                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+                                    {"cpu": options.cpus_per_trial, "gpu": gpus_per_trial})
+    if gpus_per_trial:
+        print(f"GPU trials: {gpus_per_trial:g} GPU each, ranks in multiples of 8 where the budget allows", flush=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if args.resume:
+            if options.resume:
                 tuner = tune.Tuner.restore(prepared.run_uri, trainable, resume_unfinished=True, resume_errored=True)
             else:
                 tuner = tune.Tuner(
                     trainable,
-                    tune_config=tune.TuneConfig(search_alg=_searcher(prepared), scheduler=_scheduler(args, space.max_epochs),
-                                                num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
-                                                time_budget_s=args.time_budget_s,
+                    tune_config=tune.TuneConfig(search_alg=_searcher(prepared, rank_multiple),
+                                                scheduler=_scheduler(options, space.max_epochs, prepared.run_uri),
+                                                num_samples=options.num_samples, max_concurrent_trials=options.max_concurrent,
+                                                time_budget_s=options.time_budget_s,
                                                 trial_dirname_creator=trial_dirname,
                                                 reuse_actors=True),  # no new process (and imports) per trial
                     run_config=tune.RunConfig(name=prepared.name, storage_path=os.path.dirname(prepared.run_uri),
@@ -138,22 +165,76 @@ def run_search(prepared) -> list[dict]:
     finally:
         if started_ray:
             ray.shutdown()
+    noise = _remeasure_front(prepared, tracker)
     rows = RunFolder(prepared.run_uri).read_table("trials.parquet")
     client.set_terminated(parent_run_id, "FINISHED")
-    return rows
+    return rows, noise
 
 
-def print_front(rows: list[dict], tracking_uri: str) -> None:
-    """The Pareto table and how to browse it."""
+def _remeasure_front(prepared, tracker: SearchTracker) -> dict:
+    """Time the complete models (or, in large searches, the front's) again now that no trial loads
+    the machine, and recompute the front. On the driver, on the space's latency target."""
+    space = prepared.space
+    target = space.latency
+    tracker = SearchTracker(tracking_uri=tracker.tracking_uri, experiment_id=tracker.experiment_id,
+                            parent_run_id=tracker.parent_run_id, folder=tracker.folder, max_epochs=tracker.max_epochs,
+                            num_samples=tracker.num_samples, budget=tracker.budget)
+    tracker.setup()  # the rows as the search left them
+    if target.device == "cuda" and not torch.cuda.is_available():
+        print("latency: the driver has no GPU for latency.device 'cuda'; the front keeps the in-search timings")
+        tracker.finalize()
+        return {}
+    dense = build_model(space.model, prepared.data, **space.model_kwargs)
+    shape = (target.batch_size, *prepared.data.image_shape)
+
+    timings: dict[str, dict] = {}  # by deployed architecture: the same architecture gets the same timing
+
+    def measure(row: dict) -> dict:
+        # Init and regularizer do not change the deployed architecture; default init skips the SVDs.
+        plan = {name: LayerPlan.model_validate({**layer, "init": "default", "regularizer": "fd"})
+                for name, layer in json.loads(row["plan"]).items()}
+        key = json.dumps({name: layer.model_dump() for name, layer in plan.items()}, sort_keys=True)
+        if key not in timings:
+            timing = paired_latency(factorize(dense, plan), dense, shape, rounds=max(target.rounds, 7),
+                                    threads=target.threads, device=target.device)
+            timings[key] = {"latency_ratio": timing.ratio, "latency_ratio_spread": timing.spread,
+                            "latency_ms": timing.ms, "dense_latency_ms": timing.dense_ms}
+        return timings[key]
+
+    try:
+        return tracker.remeasure_front(measure)
+    finally:
+        tracker.finalize()
+
+
+def print_front(rows: list[dict], tracking_uri: str, *, budget: float = 1.0, noise: dict | None = None) -> None:
+    """The Pareto table (objectives from ``pareto.OBJECTIVES``), latency noise, and how to browse it."""
     counts = {status: sum(row["status"] == status for row in rows) for status in ("complete", "pruned", "failed")}
     front = pareto_rows(rows)
     print(f"\nPareto front: {len(front)} models ({len(rows)} trials: {counts['complete']} complete, "
           f"{counts['pruned']} stopped early, {counts['failed']} failed)")
-    print(f"{'trial':>12} {'val acc':>8} {'test acc':>8} {'params':>7} {'latency ms':>10} {'FLOPs':>6}  MLflow run")
+    headers = {"accuracy": "val acc", "params_ratio": "params", "latency_ratio": "latency x dense"}
+    print(f"{'trial':>12} " + " ".join(f"{headers.get(name, name):>15}" for name in NAMES)
+          + f" {'test acc':>8} {'latency ms':>10} {'FLOPs':>6}  MLflow run")
     for row in front:
         test = row.get("test_accuracy")
-        print(f"{row['trial_id']:>12} {row['accuracy']:8.4f} {test if test is not None else float('nan'):8.4f} "
-              f"{row['params_ratio']:7.4f} {row['latency_ms']:10.3f} {row['flops_ratio']:6.3f}  {row['mlflow_run_id']}")
+        cells = []
+        for objective in OBJECTIVES:
+            cell = f"{row[objective.name]:.4f}"
+            if objective.noise and row.get(objective.noise) is not None:
+                cell += f" ±{100 * row[objective.noise]:.0f}%"
+            cells.append(f"{cell:>15}")
+        print(f"{row['trial_id']:>12} " + " ".join(cells) + f" {test if test is not None else float('nan'):8.4f} "
+              f"{row['latency_ms']:10.3f} {row['flops_ratio']:6.3f}  {row['mlflow_run_id']}")
+    if front:
+        sizes = [row["params_ratio"] for row in front]
+        print(f"front spans params {min(sizes):.4f}-{max(sizes):.4f} ({max(sizes) / min(sizes):.1f}x); "
+              f"hypervolume {search_hypervolume(rows, budget):.4f} over all complete trials")
+    if noise:
+        print(f"latency noise (relative half-IQR of the per-round ratio to dense, median): "
+              f"{100 * noise.get('latency_spread_median_search', float('nan')):.1f}% during the search, "
+              f"{100 * noise.get('latency_spread_median_remeasured', float('nan')):.1f}% re-measured after it "
+              f"({noise.get('latency_remeasured_models', 0):.0f} models timed again)")
     uri = tracking_uri
     print(f"\nBrowse it:  mlflow ui --backend-store-uri {uri}" if not uri.startswith("http")
           else f"\nBrowse it:  {uri}")

@@ -2,49 +2,63 @@
 
 Plain ASHA ranks trials at each rung by accuracy alone, which cuts the small, cheap models a Pareto
 front needs. Here, as in Syne Tune's MOASHA (Schmucker et al., 2021), a trial reaching a rung is
-ranked among all trials recorded at that rung by non-dominated sorting over (accuracy ↑,
-params_ratio ↓, latency ↓), ties broken by accuracy, and continues only if it is in the top
+ranked among all trials recorded at that rung by non-dominated sorting over ``pareto.OBJECTIVES``
+(ε-dominance on latency), ties within a Pareto rank broken by crowding distance so the rung keeps
+the front's extremes and spread (small models included), and continues only if it is in the top
 1/reduction_factor. Rungs sit at ``grace_period · reduction_factor^k`` epochs below ``max_t``.
+
+Ray checkpoints the searcher with the experiment, not the scheduler. With ``state_uri`` the rungs
+and the stopped trials are written there (JSON, local path or pyarrow URI) whenever they change,
+and read back when a resumed search first calls the scheduler, so old trials stay stopped and new
+ones compete with the old rungs.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from .pareto import OBJECTIVES, promotion_order
+from .pareto import NAMES, OBJECTIVES, promotion_order, tolerance_matrix
 
-__all__ = ["MultiObjectiveASHA"]
+__all__ = ["MultiObjectiveASHA", "STATE_FILE"]
+
+STATE_FILE = "moasha.json"
+_KEYS = (*NAMES, *(objective.noise for objective in OBJECTIVES if objective.noise))
 
 
 class _Rung:
-    """The objective vectors recorded at one milestone, by trial id."""
+    """The objectives (and their noise) recorded at one milestone, by trial id."""
 
     def __init__(self, milestone: int):
         self.milestone = milestone
-        self.recorded: dict[str, list[float]] = {}
+        self.recorded: dict[str, dict[str, float]] = {}
 
-    def promotes(self, trial_id: str, vector: list[float], reduction_factor: float) -> bool:
-        """Record ``vector`` and say whether it ranks in the top 1/reduction_factor of the rung."""
-        self.recorded[trial_id] = vector
+    def promotes(self, trial_id: str, result: dict[str, float], reduction_factor: float) -> bool:
+        """Record ``result`` and say whether it ranks in the top 1/reduction_factor of the rung."""
+        self.recorded[trial_id] = result
         ids = list(self.recorded)
-        order = promotion_order(np.array([self.recorded[i] for i in ids]))
+        rows = [self.recorded[i] for i in ids]
+        points = np.array([[row[name] for name in NAMES] for row in rows], dtype=float)
+        order = promotion_order(points, tolerance_matrix(rows))
         position = int(np.flatnonzero(order == ids.index(trial_id))[0])
         return position < max(1, math.ceil(len(ids) / reduction_factor))
 
 
 class MultiObjectiveASHA(FIFOScheduler):
-    """Asynchronous successive halving that promotes by Pareto rank at each rung."""
+    """Asynchronous successive halving that promotes by Pareto rank, then crowding, at each rung."""
 
-    def __init__(self, *, max_t: int, time_attr: str = "epoch", objectives: tuple[str, ...] = OBJECTIVES,
-                 grace_period: int = 1, reduction_factor: float = 3):
+    def __init__(self, *, max_t: int, time_attr: str = "epoch", grace_period: int = 1,
+                 reduction_factor: float = 3, state_uri: str | None = None):
         super().__init__()
         if grace_period < 1 or grace_period > max_t:
             raise ValueError(f"grace_period must be in [1, max_t={max_t}], got {grace_period}")
         if reduction_factor <= 1:
             raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
-        self._time_attr, self._objectives = time_attr, objectives
+        self._time_attr = time_attr
         self._max_t, self._reduction_factor = max_t, reduction_factor
         milestones, k = [], 0
         while grace_period * reduction_factor**k < max_t:
@@ -52,30 +66,76 @@ class MultiObjectiveASHA(FIFOScheduler):
             k += 1
         self._rungs = [_Rung(m) for m in sorted(set(milestones), reverse=True)]
         self.stopped: set[str] = set()
+        self._state_uri = state_uri
+        self._loaded = state_uri is None
 
     @property
     def milestones(self) -> list[int]:
         return sorted(rung.milestone for rung in self._rungs)
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
-        return True  # objectives are fixed at construction; TuneConfig's single metric is unused
+        return True  # objectives come from pareto.OBJECTIVES; TuneConfig's single metric is unused
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._load()
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if self._time_attr not in result or any(name not in result for name in self._objectives):
+        self._load()
+        if trial.trial_id in self.stopped:  # stopped before an interruption: stays stopped
+            return TrialScheduler.STOP
+        if self._time_attr not in result or any(name not in result for name in NAMES):
             return TrialScheduler.CONTINUE
         if result[self._time_attr] >= self._max_t:
             return TrialScheduler.STOP
-        # Minimization-free vector in OBJECTIVES order; promotion_order knows the directions.
-        vector = [float(result[name]) for name in self._objectives]
+        recorded = {key: float(result[key]) for key in _KEYS if result.get(key) is not None}
+        decision = TrialScheduler.CONTINUE
         for rung in self._rungs:  # highest milestone first, as Ray's ASHA
             if result[self._time_attr] < rung.milestone or trial.trial_id in rung.recorded:
                 continue
-            if not rung.promotes(trial.trial_id, vector, self._reduction_factor):
+            if not rung.promotes(trial.trial_id, recorded, self._reduction_factor):
                 self.stopped.add(trial.trial_id)
-                return TrialScheduler.STOP
+                decision = TrialScheduler.STOP
+            self._save()
             break
-        return TrialScheduler.CONTINUE
+        return decision
 
     def debug_string(self) -> str:
         sizes = ", ".join(f"epoch {rung.milestone}: {len(rung.recorded)}" for rung in reversed(self._rungs))
         return f"MO-ASHA rungs ({sizes}), {len(self.stopped)} stopped"
+
+    # Persistence -------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict:  # a copy unpickled later (Tuner.restore) re-reads the newest saved state
+        state = self.__dict__.copy()
+        state["_loaded"] = self._state_uri is None
+        return state
+
+    def state(self) -> dict:
+        return {"rungs": {str(rung.milestone): rung.recorded for rung in self._rungs},
+                "stopped": sorted(self.stopped)}
+
+    def _save(self) -> None:
+        if self._state_uri is None:
+            return
+        filesystem, path = pafs.FileSystem.from_uri(_as_uri(self._state_uri))
+        filesystem.create_dir(path.rpartition("/")[0], recursive=True)
+        with filesystem.open_output_stream(path + ".tmp") as stream:
+            stream.write(json.dumps(self.state()).encode())
+        filesystem.move(path + ".tmp", path)  # a crash mid-write leaves the previous state
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        filesystem, path = pafs.FileSystem.from_uri(_as_uri(self._state_uri))
+        if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+            return
+        with filesystem.open_input_stream(path) as stream:
+            state = json.loads(stream.read())
+        for rung in self._rungs:
+            rung.recorded.update(state["rungs"].get(str(rung.milestone), {}))
+        self.stopped.update(state["stopped"])
+
+
+def _as_uri(location: str) -> str:
+    return location if "://" in location else Path(location).resolve().as_uri()

@@ -1,31 +1,87 @@
-"""Ray Tune's OptunaSearch, told the truth about early-stopped trials.
+"""Ray Tune's OptunaSearch, told the truth about early-stopped trials and about duplicate models.
 
 When a scheduler stops a trial, Ray hands its last, partly trained result to the searcher and
 ``OptunaSearch`` records it as COMPLETE, so half-trained accuracies would steer the sampler. Here a
 trial that did not reach ``max_epochs`` is told to Optuna as PRUNED.
+
+Different proposals often round to the same plan once the ranks are fitted to the budget (integer
+ranks, a floor of rank 1). Training one plan twice wastes a trial and shows one model twice, so
+each proposal's plan key is computed here, on the driver, before a trial starts: a plan already
+trained is told to Optuna with its known values, a plan still training (or stopped early) as
+PRUNED with the user attribute ``duplicate_of``, and Optuna is asked again.
 """
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Callable
 
 import optuna
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+
+from .pareto import NAMES
 
 __all__ = ["FullBudgetOptunaSearch", "make_sampler", "SAMPLERS"]
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+logger = logging.getLogger(__name__)
 
 
 class FullBudgetOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that only completes trials which trained ``max_epochs`` epochs."""
+    """``OptunaSearch`` that only completes trials which trained ``max_epochs`` epochs and never
+    starts a plan it has already started.
 
-    def __init__(self, *args, max_epochs: int, time_attr: str = "epoch", **kwargs):
+    ``plan_key(config) -> str`` names the model a configuration trains; without it there is no
+    deduplication. After ``max_retries`` duplicate proposals in a row the space is taken as
+    exhausted and the searcher says FINISHED.
+    """
+
+    def __init__(self, *args, max_epochs: int, time_attr: str = "epoch",
+                 plan_key: Callable[[dict], str] | None = None, max_retries: int = 50, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
         self._time_attr = time_attr
+        self._plan_key = plan_key
+        self._max_retries = max_retries
+        self._plans: dict[str, dict] = {}  # plan key -> {"trial_id", "status", "values"}
+        self._trial_plans: dict[str, str] = {}  # trial id -> plan key
+        self.duplicates = 0
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self._plan_key is None:
+            return super().suggest(trial_id)
+        for _ in range(self._max_retries):
+            config = super().suggest(trial_id)
+            if config is None or config == Searcher.FINISHED:
+                return config
+            key = self._plan_key(config)
+            known = self._plans.get(key)
+            if known is None:
+                self._plans[key] = {"trial_id": trial_id, "status": "training", "values": None}
+                self._trial_plans[trial_id] = key
+                return config
+            self._tell_duplicate(self._ot_trials.pop(trial_id), known)
+        logger.warning("%d proposals in a row gave plans already trained: the space looks exhausted; "
+                       "no new trials", self._max_retries)
+        return Searcher.FINISHED
+
+    def _tell_duplicate(self, ot_trial: optuna.Trial, known: dict) -> None:
+        self.duplicates += 1
+        ot_trial.set_user_attr("duplicate_of", known["trial_id"])
+        if known["status"] == "complete":
+            self._ot_study.tell(ot_trial, known["values"])
+        else:
+            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if error or not result or result.get(self._time_attr, 0) >= self._max_epochs:
+        full = not error and result and result.get(self._time_attr, 0) >= self._max_epochs
+        plan = self._plans.get(self._trial_plans.get(trial_id, ""))
+        if plan is not None and plan["trial_id"] == trial_id:
+            values = [result.get(name) for name in NAMES] if full else None
+            complete = full and all(value is not None for value in values)
+            plan.update(status="complete" if complete else ("failed" if error else "pruned"), values=values)
+        if error or not result or full:
             return super().on_trial_complete(trial_id, result, error)
         if trial_id in self._completed_trials:
             return None

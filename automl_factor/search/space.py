@@ -9,22 +9,28 @@ relative ranks and how much of the budget to use, ``fit_to_budget`` scales the r
 from __future__ import annotations
 
 import fnmatch
-import math
+import hashlib
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import nn
 
-from ..factorization import LayerPlan, Plan, factorizable_layers, fit_to_budget, full_rank, planned_params
+from .._validation import first_problem
+from ..factorization import (REGULARIZERS, LayerPlan, Plan, factorizable_layers, fit_to_budget, full_rank, get_kind,
+                             planned_params, round_ranks)
 from ..factorization.attention import is_attention
 from ..train import TrainConfig
 
-__all__ = ["SearchSpace", "LayerGroup", "DataOptions", "load_space", "SpaceSampler", "paper_recipe_point",
-           "plan_for", "group_layers", "minimum_params"]
+__all__ = ["SearchSpace", "LayerGroup", "DataOptions", "LatencyTarget", "load_space", "SpaceSampler",
+           "paper_recipe_point", "plan_for", "plan_key", "plan_layers", "PlanKeys", "group_layers", "minimum_params",
+           "smallest_plan_params"]
 
-Kind = Literal["dense", "lowrank", "deep", "overcomplete"]
+def _registered_kind(name: str) -> str:
+    get_kind(name)  # an unknown name lists the registered ones
+    return name
 
 
 class _Strict(BaseModel):
@@ -32,17 +38,19 @@ class _Strict(BaseModel):
 
 
 class LayerGroup(_Strict):
-    """Layers that share one sampled choice. ``rank_fraction`` is the range (log-uniform) of the
-    rank relative to each layer's full rank, before the budget scales it."""
+    """Layers that share one sampled choice. ``kinds`` are registered factorization kinds
+    (``factorization.kind_names()``); each samples the value its kind names (``search_value``):
+    ``rank_fraction``, the range (log-uniform) of the rank relative to each layer's full rank before
+    the budget scales it, or ``scale`` from ``overcomplete_scales``."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$")
     layers: list[str] = ["*"]
-    kinds: list[Kind] = ["lowrank"]
+    kinds: list[Annotated[str, AfterValidator(_registered_kind)]] = ["lowrank"]
     rank_fraction: tuple[float, float] = (0.05, 1.0)
     overcomplete_scales: list[float] = [2.0, 3.0]
     layouts: list[Literal["spatial", "channel"]] = ["spatial"]
     inits: list[Literal["spectral", "default"]] = ["spectral"]
-    regularizers: list[Literal["fd", "wd"]] = ["fd"]
+    regularizers: list[Literal[REGULARIZERS]] = ["fd"]
 
     @model_validator(mode="after")
     def _ranges(self) -> "LayerGroup":
@@ -60,33 +68,38 @@ class LayerGroup(_Strict):
 class DataOptions(_Strict):
     name: str = "digits"
     root: str | None = None
-    val_fraction: float = Field(0.2, ge=0, lt=1)
+    val_fraction: float = 0.2  # > 0: the search selects on validation, never on test
     train_subset: int | None = Field(None, ge=1)
     test_subset: int | None = Field(None, ge=1)
     download: bool = False
 
+    @field_validator("val_fraction")
+    @classmethod
+    def _validation_split(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError("must be in (0, 1): the search selects models on a validation split held out of "
+                             "training, and reads the test split only for the final report")
+        return value
 
-class Recipe(_Strict):
-    """The training recipe (everything of ``TrainConfig`` but epochs, which the search controls)."""
 
-    batch_size: int = Field(128, ge=1)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["multistep", "cosine"] = "multistep"
-    warmup_epochs: float = Field(0.0, ge=0)
-    channels_last: bool = False
+class LatencyTarget(_Strict):
+    """Where and how latency is measured: the deployment target, not the training device.
+    Each trial times its collapsed model and the dense model alternately for ``rounds`` rounds."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch_size: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1)
+    rounds: int = Field(5, ge=1)
 
 
 class SearchSpace(_Strict):
     model: str = "resnet20"
     model_kwargs: dict = {}
     data: DataOptions = DataOptions()
-    recipe: Recipe = Recipe()
+    recipe: TrainConfig = TrainConfig()  # the training recipe; its epochs come from max_epochs
     max_epochs: int = Field(15, ge=1)
-    budget_use: tuple[float, float] = (0.25, 1.0)
+    budget_use: tuple[float, float] = (0.1, 1.0)  # sampled log-uniform: small models are as likely as large
+    latency: LatencyTarget = LatencyTarget()
     groups: list[LayerGroup] = [LayerGroup(name="all")]
 
     @model_validator(mode="after")
@@ -97,10 +110,13 @@ class SearchSpace(_Strict):
         names = [group.name for group in self.groups]
         if len(set(names)) != len(names):
             raise ValueError(f"group names must be unique, got {names}")
+        if "epochs" in self.recipe.model_fields_set:
+            raise ValueError("recipe.epochs is set by the search: use max_epochs (the epochs of a full trial)")
         return self
 
-    def train_config(self, regularizer: str = "fd") -> TrainConfig:
-        return TrainConfig(epochs=self.max_epochs, regularizer=regularizer, **self.recipe.model_dump())
+    def train_config(self) -> TrainConfig:
+        """The recipe a full trial trains with (``max_epochs`` epochs)."""
+        return self.recipe.model_copy(update={"epochs": self.max_epochs})
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -115,10 +131,7 @@ def load_space(path: str | Path) -> SearchSpace:
     try:
         return SearchSpace.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise ValueError(f"space file {str(path)!r}: key {key}: {first['msg']} "
-                         f"(got {first.get('input')!r})") from None
+        raise ValueError(f"space file {str(path)!r}: {first_problem(error, key_prefix='key ')}") from None
 
 
 def group_layers(space: SearchSpace, model: nn.Module) -> dict[str, list[str]]:
@@ -143,31 +156,34 @@ class SpaceSampler:
     Parameters are named ``<group>.<choice>``; a choice with one option is not sampled.
     """
 
-    def __init__(self, space: SearchSpace):
-        self.space = space
+    def __init__(self, space: SearchSpace, *, smallest_share: float = 0.0):
+        # Shares below the smallest plan's (rank 1 everywhere, as a share of the budget) all become
+        # that plan: sampling them would crowd the search at the minimum size.
+        self.space, self.smallest_share = space, smallest_share
 
     def __call__(self, trial) -> dict:
         fixed = {}
         for group in self.space.groups:
             prefix = group.name
-            kind = _categorical(trial, fixed, f"{prefix}.kind", group.kinds)
-            if kind in ("lowrank", "deep"):
+            kind = get_kind(_categorical(trial, fixed, f"{prefix}.kind", group.kinds))
+            if kind.search_value == "rank_fraction":
                 low, high = group.rank_fraction
                 if low == high:
                     fixed[f"{prefix}.rank_fraction"] = low
                 else:
                     trial.suggest_float(f"{prefix}.rank_fraction", low, high, log=True)
-            if kind == "overcomplete":
+            elif kind.search_value == "scale":
                 _categorical(trial, fixed, f"{prefix}.scale", group.overcomplete_scales)
-            if kind != "dense":
+            if kind.search_value is not None:  # factorized: how, and what decays it
                 _categorical(trial, fixed, f"{prefix}.layout", group.layouts)
                 _categorical(trial, fixed, f"{prefix}.init", group.inits)
                 _categorical(trial, fixed, f"{prefix}.regularizer", group.regularizers)
         low, high = self.space.budget_use
+        low = min(max(low, self.smallest_share), high)
         if low == high:
             fixed["budget_use"] = low
         else:
-            trial.suggest_float("budget_use", low, high)
+            trial.suggest_float("budget_use", low, high, log=True)
         return fixed
 
 
@@ -185,14 +201,15 @@ def paper_recipe_point(space: SearchSpace) -> dict:
     point = {}
     for group in space.groups:
         prefix = group.name
-        kind = "lowrank" if "lowrank" in group.kinds else group.kinds[0]
+        name = "lowrank" if "lowrank" in group.kinds else group.kinds[0]
+        kind = get_kind(name)
         if len(group.kinds) > 1:
-            point[f"{prefix}.kind"] = kind
-        if kind in ("lowrank", "deep") and group.rank_fraction[0] != group.rank_fraction[1]:
+            point[f"{prefix}.kind"] = name
+        if kind.search_value == "rank_fraction" and group.rank_fraction[0] != group.rank_fraction[1]:
             point[f"{prefix}.rank_fraction"] = group.rank_fraction[1]
-        if kind == "overcomplete" and len(group.overcomplete_scales) > 1:
+        if kind.search_value == "scale" and len(group.overcomplete_scales) > 1:
             point[f"{prefix}.scale"] = group.overcomplete_scales[0]
-        if kind != "dense":
+        if kind.search_value is not None:
             for key, options, preferred in (("layout", group.layouts, "spatial"), ("init", group.inits, "spectral"),
                                             ("regularizer", group.regularizers, "fd")):
                 if len(options) > 1:
@@ -202,31 +219,39 @@ def paper_recipe_point(space: SearchSpace) -> dict:
     return point
 
 
-def plan_for(space: SearchSpace, model: nn.Module, config: dict, budget: float) -> Plan:
+def plan_for(space: SearchSpace, model: nn.Module, config: dict, budget: float, *, rank_multiple: int = 1) -> Plan:
     """The plan a sampled configuration stands for, scaled to at most
-    ``budget_use × budget × dense params`` deployed parameters."""
+    ``budget_use × budget × dense params`` deployed parameters; with ``rank_multiple`` (8 on GPUs)
+    its ranks then move to multiples of it where that budget allows (``round_ranks``)."""
     modules = dict(model.named_modules())
     plan: Plan = {}
     for group in space.groups:
         prefix = group.name
-        kind = config[f"{prefix}.kind"]
+        kind = get_kind(config[f"{prefix}.kind"])
         for layer in group_layers(space, model)[prefix]:
-            if kind == "dense":
-                plan[layer] = LayerPlan(kind="dense")
+            if kind.search_value is None:
+                plan[layer] = LayerPlan(kind=kind.name)
                 continue
-            layout = config[f"{prefix}.layout"]
-            full = full_rank(modules[layer], layout)
-            scale = config[f"{prefix}.scale"] if kind == "overcomplete" else config[f"{prefix}.rank_fraction"]
-            rank = math.ceil(scale * full)
-            if is_attention(modules[layer]):
-                heads = modules[layer].num_heads
-                rank = max(heads, math.ceil(rank / heads) * heads)
-            deep = kind == "deep" and not is_attention(modules[layer])  # attention pairs are low-rank only
-            plan[layer] = LayerPlan(kind="deep" if deep else "lowrank", rank=rank, layout=layout,
-                                    init=config[f"{prefix}.init"], regularizer=config[f"{prefix}.regularizer"])
+            module, layout = modules[layer], config[f"{prefix}.layout"]
+            # kinds that do not apply to attention (deep, overcomplete) leave its head pairs low-rank
+            applied = kind if kind.attention or not is_attention(module) else get_kind("lowrank")
+            rank = applied.rank_for(module, layout, config[f"{prefix}.{kind.search_value}"])
+            plan[layer] = LayerPlan(kind=applied.name, rank=rank, layout=layout, init=config[f"{prefix}.init"],
+                                    regularizer=config[f"{prefix}.regularizer"])
     target = config["budget_use"] * budget * planned_params(model, {})
     # A small budget_use may ask for less than rank 1 everywhere allows: take the smallest plan then.
-    return fit_to_budget(model, plan, max(target, minimum_params(space, model, config)))
+    target = max(target, minimum_params(space, model, config))
+    plan = fit_to_budget(model, plan, target)
+    return plan if rank_multiple == 1 else round_ranks(model, plan, rank_multiple, target)
+
+
+def smallest_plan_params(space: SearchSpace, model: nn.Module) -> int:
+    """Deployed parameters of the smallest plan any sample can become (each group in its cheapest layout)."""
+    config = {f"{group.name}.layout": group.layouts[0] for group in space.groups}
+    for group in space.groups:
+        key = f"{group.name}.layout"
+        config[key] = min(group.layouts, key=lambda layout: minimum_params(space, model, {**config, key: layout}))
+    return minimum_params(space, model, config)
 
 
 def minimum_params(space: SearchSpace, model: nn.Module, config: dict | None = None) -> int:
@@ -244,3 +269,36 @@ def minimum_params(space: SearchSpace, model: nn.Module, config: dict | None = N
             options = [LayerPlan(kind="lowrank", rank=rank, layout=layout) for layout in layouts]
             plan[layer] = max(options, key=lambda option: planned_params(model, {layer: option}))
     return planned_params(model, plan)
+
+
+def plan_key(plan: Plan) -> str:
+    """Identity of a trained model: the hash of its plan's JSON. Proposals that round to the same
+    integer ranks (and kinds, layouts, inits, regularizers) train the same model."""
+    text = json.dumps({name: layer.model_dump() for name, layer in plan.items()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan_layers(space: SearchSpace, model: nn.Module, plan: Plan) -> list[dict]:
+    """One row per grouped layer: what was trained (group, kind, rank of full rank, deployed params)."""
+    modules = dict(model.named_modules())
+    rows = []
+    for group, layers in group_layers(space, model).items():
+        for layer in layers:
+            entry = plan.get(layer, LayerPlan(kind="dense"))
+            module = modules[layer]
+            rows.append({"layer": layer, "group": group, "kind": entry.kind, "rank": entry.rank,
+                         "full_rank": full_rank(module, entry.layout), "layout": entry.layout,
+                         "params": planned_params(model, {layer: entry}) - planned_params(model, {}) +
+                         sum(p.numel() for p in module.parameters()),
+                         "dense_params": sum(p.numel() for p in module.parameters())})
+    return rows
+
+
+class PlanKeys:
+    """config → plan key on the driver, from a dense model built once (picklable, for the searcher)."""
+
+    def __init__(self, space: SearchSpace, dense: nn.Module, budget: float, rank_multiple: int = 1):
+        self.space, self.dense, self.budget, self.rank_multiple = space, dense, budget, rank_multiple
+
+    def __call__(self, config: dict) -> str:
+        return plan_key(plan_for(self.space, self.dense, config, self.budget, rank_multiple=self.rank_multiple))

@@ -25,16 +25,20 @@ from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 
-from .pareto import HV_OBJECTIVES, OBJECTIVES, hypervolume, nondominated, objective_matrix  # noqa: E402
+from .pareto import (NAMES, OBJECTIVES, hypervolume, hypervolume_matrix, nondominated,  # noqa: E402
+                     objective_matrix, tolerance_matrix)
 
-__all__ = ["SearchTracker", "RunFolder", "TRIAL_TAG", "pareto_rows"]
+__all__ = ["SearchTracker", "RunFolder", "TRIAL_TAG", "pareto_rows", "front_mask", "unique_complete",
+           "search_hypervolume", "plan_markdown"]
 
 TRIAL_TAG = "automl_factor.trial_id"
 EPOCH_METRICS = ("accuracy", "loss", "train_accuracy", "seconds")
-FINAL_METRICS = ("accuracy", "test_accuracy", "params_ratio", "latency_ms", "latency_ratio", "flops_ratio", "params")
-COLUMNS = ["trial_id", "mlflow_run_id", "status", "reason", "early_stopped", "pareto", "epochs_trained",
-           *FINAL_METRICS, "training_seconds", "wall_seconds", "started_at", "finished_at", "config", "plan",
-           "checkpoint"]
+# The objectives first (what decides), then what is reported alongside (latency_ms never decides).
+FINAL_METRICS = tuple(dict.fromkeys((*NAMES, "test_accuracy", "latency_ratio_spread", "latency_ms",
+                                     "dense_latency_ms", "flops_ratio", "params")))
+COLUMNS = ["trial_id", "mlflow_run_id", "status", "reason", "early_stopped", "pareto", "plan_key", "epochs_trained",
+           *FINAL_METRICS, "latency_remeasured", "training_seconds", "wall_seconds", "started_at", "finished_at",
+           "config", "plan", "plan_layers", "checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ class RunFolder:
 
 
 def _schema() -> pa.Schema:
-    types = {"early_stopped": pa.bool_(), "pareto": pa.bool_(), "epochs_trained": pa.int64(), "params": pa.int64()}
+    types = {"early_stopped": pa.bool_(), "pareto": pa.bool_(), "latency_remeasured": pa.bool_(),
+             "epochs_trained": pa.int64(), "params": pa.int64()}
     floats = {*FINAL_METRICS, "training_seconds", "wall_seconds", "started_at", "finished_at"}
     return pa.schema([(c, types.get(c, pa.float64() if c in floats else pa.string())) for c in COLUMNS])
 
@@ -73,13 +78,53 @@ def pareto_rows(rows: list[dict]) -> list[dict]:
     return sorted(front, key=lambda row: -row["accuracy"])
 
 
+def unique_complete(rows: list[dict]) -> list[dict]:
+    """Complete trials, one per plan (the first to finish): each model counts once."""
+    seen, unique = set(), []
+    for row in sorted(rows, key=lambda row: row.get("finished_at") or 0.0):
+        key = row.get("plan_key") or row.get("plan") or id(row)
+        if row["status"] == "complete" and key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
+
+
+def front_mask(rows: list[dict]) -> np.ndarray:
+    """Which of ``rows`` are on the front: ε-non-dominated over ``pareto.OBJECTIVES``."""
+    return nondominated(objective_matrix(rows), tolerance_matrix(rows))
+
+
+def search_hypervolume(rows: list[dict], budget: float) -> float:
+    """Hypervolume of all complete trials (not just the tagged front) in normalized coordinates."""
+    return hypervolume(hypervolume_matrix(unique_complete(rows), budget))
+
+
+def plan_markdown(layers: list[dict]) -> str:
+    """The trained plan as a readable table: layer, group, kind, rank / full rank, params."""
+    lines = ["| layer | group | kind | rank / full rank | params (dense) |", "| --- | --- | --- | --- | --- |"]
+    for layer in layers:
+        rank = "-" if layer["rank"] is None else f"{layer['rank']} / {layer['full_rank']}"
+        lines.append(f"| {layer['layer']} | {layer['group']} | {layer['kind']} ({layer['layout']}) | {rank} | "
+                     f"{layer['params']:,} ({layer['dense_params']:,}) |")
+    return "\n".join(lines) + "\n"
+
+
+def group_ranks(layers: list[dict]) -> dict[str, str]:
+    """``ranks.<group>``: the trained ranks of a group's layers, in layer order ("dense" for dense)."""
+    groups: dict[str, list[str]] = {}
+    for layer in layers:
+        groups.setdefault(layer["group"], []).append("dense" if layer["rank"] is None else str(layer["rank"]))
+    return {f"ranks.{group}": ",".join(ranks) for group, ranks in groups.items()}
+
+
 class SearchTracker(tune.Callback):
     """Logs every trial of one search to MLflow and the Parquet table, and prints progress."""
 
     def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str, folder: RunFolder,
-                 max_epochs: int, num_samples: int, log=print):
+                 max_epochs: int, num_samples: int, budget: float = 1.0, finalize_on_end: bool = True, log=print):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.folder, self.max_epochs, self.num_samples, self.log = folder, max_epochs, num_samples, log
+        self.budget, self.finalize_on_end = budget, finalize_on_end
         self._client: MlflowClient | None = None
         self.rows: dict[str, dict] = {}
         self.child_runs: dict[str, str] = {}
@@ -140,7 +185,8 @@ class SearchTracker(tune.Callback):
                 full = int(trial.last_result.get("epoch", 0)) >= self.max_epochs
                 self._finish(trial, "complete" if full else "pruned", "" if full else "stopped by the time budget",
                              trials)
-        self.finalize()
+        if self.finalize_on_end:  # else the caller finalizes once, after re-measuring the front
+            self.finalize()
 
     # Internals ----------------------------------------------------------------------------------
 
@@ -162,8 +208,9 @@ class SearchTracker(tune.Callback):
         checkpoint = trial.checkpoint
         row = {
             "trial_id": trial.trial_id, "mlflow_run_id": run_id, "status": status, "reason": reason,
-            "early_stopped": status == "pruned", "pareto": False, "epochs_trained": int(result.get("epoch", 0)),
-            **{key: result.get(key) for key in FINAL_METRICS},
+            "early_stopped": status == "pruned", "pareto": False, "plan_key": result.get("plan_key"),
+            "epochs_trained": int(result.get("epoch", 0)), **{key: result.get(key) for key in FINAL_METRICS},
+            "latency_remeasured": False, "plan_layers": result.get("plan_layers"),
             "training_seconds": self.epoch_seconds.get(trial.trial_id, 0.0),
             "wall_seconds": result.get("time_total_s"), "started_at": _start_time(result),
             "finished_at": time.time(), "config": json.dumps(trial.config, sort_keys=True),
@@ -178,6 +225,13 @@ class SearchTracker(tune.Callback):
                                                             _tag("early_stopped", str(status == "pruned").lower())])
         if row["plan"]:
             self.client.log_text(run_id, row["plan"], "plan.json")
+        if row["plan_layers"]:
+            layers = json.loads(row["plan_layers"])
+            params = {"plan_key": row["plan_key"] or "", **group_ranks(layers)}
+            self.client.log_batch(run_id, params=[_param(k, v) for k, v in params.items()])
+            self.client.log_text(run_id, plan_markdown(layers), "plan.md")
+            self.client.log_table(run_id, {key: [layer[key] for layer in layers] for key in layers[0]},
+                                  "plan_layers.json")
         if checkpoint:
             self.client.set_tag(run_id, "checkpoint", checkpoint.path)
         self.client.set_terminated(run_id, {"complete": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED"))
@@ -185,17 +239,50 @@ class SearchTracker(tune.Callback):
         self.folder.write_table("trials.parquet", list(self.rows.values()))
         self.log(self.progress_line(trials))
 
-    def _update_front(self) -> None:
-        """Re-tag ``pareto`` where membership changed and step the parent's hypervolume."""
-        complete = [row for row in self.rows.values() if row["status"] == "complete"]
-        mask = nondominated(objective_matrix(complete, OBJECTIVES))
-        for row, on_front in zip(complete, mask):
-            if row["pareto"] != bool(on_front):
-                row["pareto"] = bool(on_front)
-                self.client.set_tag(row["mlflow_run_id"], "pareto", str(bool(on_front)).lower())
-        front = [row for row in complete if row["pareto"]]
-        volume = hypervolume(objective_matrix(front, HV_OBJECTIVES))
-        self.client.log_metric(self.parent_run_id, "hypervolume", volume, step=len(self.rows))
+    def _update_front(self, log_hypervolume: bool = True) -> None:
+        """Re-tag ``pareto`` where membership changed (one row per plan) and step the parent's
+        hypervolume over all complete trials."""
+        unique = unique_complete(list(self.rows.values()))
+        on_front = {row["trial_id"] for row, member in zip(unique, front_mask(unique)) if member}
+        for row in self.rows.values():
+            member = row["trial_id"] in on_front
+            if row["pareto"] != member:
+                row["pareto"] = member
+                self.client.set_tag(row["mlflow_run_id"], "pareto", str(member).lower())
+        if log_hypervolume:
+            self.client.log_metric(self.parent_run_id, "hypervolume", search_hypervolume(list(self.rows.values()),
+                                                                                         self.budget),
+                                   step=len(self.rows))
+
+    def remeasure_front(self, measure, max_passes: int = 5, all_up_to: int = 64) -> dict:
+        """Re-measure latency with ``measure(row) -> dict`` on a quiet machine (all trials done) and
+        recompute the front. Every complete model when there are at most ``all_up_to`` (so all
+        compete on equally clean timings), else the front's members, again until each member has
+        been re-measured. Returns the median latency spread during the search and after."""
+        unique = unique_complete(list(self.rows.values()))
+        during = [row["latency_ratio_spread"] for row in unique if row.get("latency_ratio_spread") is not None]
+        for attempt in range(max_passes):
+            candidates = unique if attempt == 0 and len(unique) <= all_up_to else pareto_rows(unique)
+            todo = [row for row in candidates if not row.get("latency_remeasured")]
+            if not todo:
+                break
+            for row in todo:
+                row.update(measure(row), latency_remeasured=True)
+                now = int(time.time() * 1000)
+                self.client.log_batch(row["mlflow_run_id"], metrics=[
+                    Metric(key, float(row[key]), now, row["epochs_trained"])
+                    for key in ("latency_ratio", "latency_ratio_spread", "latency_ms", "dense_latency_ms")],
+                    tags=[_tag("latency_remeasured", "true")])
+            self._update_front(log_hypervolume=False)
+        remeasured = [row["latency_ratio_spread"] for row in self.rows.values() if row.get("latency_remeasured")]
+        noise = {"latency_spread_median_search": float(np.median(during)) if during else float("nan"),
+                 "latency_spread_median_remeasured": float(np.median(remeasured)) if remeasured else float("nan"),
+                 "latency_remeasured_models": float(len(remeasured))}
+        self.client.log_batch(self.parent_run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0)
+                                                           for k, v in noise.items() if np.isfinite(v)])
+        self.client.log_metric(self.parent_run_id, "hypervolume_final",
+                               search_hypervolume(list(self.rows.values()), self.budget))
+        return noise
 
     def progress_line(self, trials) -> str:
         counts = {status: sum(row["status"] == status for row in self.rows.values())
@@ -210,14 +297,16 @@ class SearchTracker(tune.Callback):
                 f"{running} running | {best}")
 
     def finalize(self) -> None:
-        """Front tables and plots on the parent run (also safe to call twice)."""
+        """Front tables and plots on the parent run (overwritten when called again, e.g. on resume)."""
         rows = list(self.rows.values())
         front = pareto_rows(rows)
         self.folder.write_table("trials.parquet", rows)
         self.folder.write_table("pareto.parquet", front)
-        columns = ["trial_id", "accuracy", "test_accuracy", "params_ratio", "latency_ms", "flops_ratio",
-                   "mlflow_run_id"]
-        self.client.log_table(self.parent_run_id, {c: [row[c] for row in front] for c in columns}, "pareto.json")
+        columns = ["trial_id", *NAMES, "latency_ratio_spread", "test_accuracy", "latency_ms", "flops_ratio",
+                   "plan_key", "mlflow_run_id"]
+        # log_dict overwrites (log_table would append to the table of an earlier, interrupted finalize)
+        table = {"columns": columns, "data": [[row[c] for c in columns] for row in front]}
+        self.client.log_dict(self.parent_run_id, table, "pareto.json")
         self.client.log_text(self.parent_run_id, _to_json(rows), "trials.json")
         for name, figure in plot_fronts(rows).items():
             self.client.log_figure(self.parent_run_id, figure, name)
@@ -226,9 +315,9 @@ class SearchTracker(tune.Callback):
 
 def plot_fronts(rows: list[dict]) -> dict:
     """Accuracy against params and against latency; the front highlighted, early-stopped greyed."""
-    complete = [row for row in rows if row["status"] == "complete"]
+    complete = unique_complete(rows)
     figures = {}
-    for key, label in (("params_ratio", "parameters (fraction of dense)"), ("latency_ms", "latency (ms)")):
+    for key, label in ((o.name, f"{o.name} ({o.unit})") for o in OBJECTIVES if o.name != "accuracy"):
         figure, axes = plt.subplots(figsize=(6, 4))
         for subset, style in ((complete, dict(color="tab:blue", alpha=0.5, label="complete")),
                               ([r for r in complete if r["pareto"]], dict(color="tab:red", label="Pareto front"))):

@@ -3,14 +3,15 @@
 Each epoch ends with ``tune.report`` of the objectives and a checkpoint (model, optimizer,
 schedule, RNG), so a trial that is paused, retried or restored continues where it stopped. The
 data arrive through ``tune.with_parameters`` (one copy in the object store per node). Latency is
-measured once per distinct deployed architecture and device (with FLOPs), back to back with the
-dense model so both see the same machine load, and shared through a named actor.
+measured once per distinct deployed architecture on the space's latency target (with FLOPs),
+interleaved with the dense model over several rounds so both see the same machine load
+(``paired_latency``), and shared through a named actor. Accuracy is on the validation split; the
+test split is read once, after the last epoch, for the report.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ import torch
 from ray import tune
 
 from ..factorization import collapse, count_params, factorize
-from ..train import (DataBundle, build_model, count_flops, evaluate, latency_ms, make_optimizer, make_schedule,
-                     train_one_epoch)
+from ..train import (DataBundle, build_model, compile_seconds, count_flops, evaluate, make_optimizer, make_schedule,
+                     steps_per_epoch, train_one_epoch)
 from ..train.checkpoint import STATE_FILE, read_state, write_checkpoint
-from .space import SearchSpace, plan_for
+from ..train.measure import paired_latency
+from .space import LatencyTarget, SearchSpace, plan_for, plan_key, plan_layers
 
-__all__ = ["TrialSetup", "train_trial", "start_cost_cache", "trial_dirname", "architecture_key"]
+__all__ = ["TrialSetup", "train_trial", "start_cost_cache", "trial_dirname", "architecture_key", "measure_cost",
+           "cached_cost"]
 COST_CACHE = "automl_factor_cost_cache"
 
 
@@ -36,20 +39,20 @@ class TrialSetup:
     space: SearchSpace
     budget: float
     seed: int = 0
-    latency_threads: int = 1
+    rank_multiple: int = 1  # 8 when trials train on GPUs: ranks in multiples of 8 where the budget allows
 
 
 @ray.remote(num_cpus=0)
 class CostCache:
-    """(latency ms, dense latency ms, FLOPs) by architecture key, shared by all trials of a search."""
+    """Latency and FLOPs by architecture key, shared by all trials of a search."""
 
     def __init__(self):
-        self._values: dict[str, tuple[float, float, int]] = {}
+        self._values: dict[str, dict] = {}
 
-    def get(self, key: str) -> tuple[float, float, int] | None:
+    def get(self, key: str) -> dict | None:
         return self._values.get(key)
 
-    def put(self, key: str, value: tuple[float, float, int]) -> None:
+    def put(self, key: str, value: dict) -> None:
         self._values.setdefault(key, value)
 
 
@@ -65,28 +68,35 @@ def start_cost_cache() -> "ray.actor.ActorHandle":
     return CostCache.options(name=COST_CACHE, get_if_exists=True).remote()
 
 
-def cached_cost(model: torch.nn.Module, dense: torch.nn.Module, input_shape: tuple[int, ...],
-                threads: int) -> tuple[float, float, int]:
-    """(latency ms, dense latency ms, FLOPs) of the deployed model, measured once per architecture and
-    device; later trials with the same architecture reuse it. The dense model is timed right after
-    the candidate, so their ratio holds even when other trials load the machine. Without the
-    driver's cache actor, always measures."""
-    def measure() -> tuple[float, float, int]:
-        latency = latency_ms(model, input_shape, threads=threads)
-        return latency, latency_ms(dense, input_shape, threads=threads), count_flops(model, input_shape)
+def measure_cost(model: torch.nn.Module, dense: torch.nn.Module, image_shape: tuple[int, ...],
+                 target: LatencyTarget) -> dict:
+    """The deployed model's latency on ``target`` (paired with dense: ratio, spread, both ms) and FLOPs."""
+    if target.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("latency.device is 'cuda' but this worker sees no GPU; use --gpus-per-trial or "
+                         "latency.device: cpu")
+    shape = (target.batch_size, *image_shape)
+    timing = paired_latency(model, dense, shape, rounds=target.rounds, threads=target.threads, device=target.device)
+    return {"latency_ratio": timing.ratio, "latency_ratio_spread": timing.spread, "latency_ms": timing.ms,
+            "dense_latency_ms": timing.dense_ms, "flops": count_flops(model, (1, *image_shape))}
 
+
+def cached_cost(model: torch.nn.Module, dense: torch.nn.Module, image_shape: tuple[int, ...],
+                target: LatencyTarget) -> dict:
+    """``measure_cost`` once per architecture and target; later trials with the same deployed
+    architecture reuse it. Without the driver's cache actor, always measures."""
     if not ray.is_initialized():  # outside Ray (ray.get_actor would start a local Ray runtime)
-        return measure()
-    key = architecture_key(model, input_shape, next(model.parameters()).device)
+        return measure_cost(model, dense, image_shape, target)
+    key = architecture_key(model, (target.batch_size, *image_shape), torch.device(target.device))
+    key += f"|{target.threads}|{target.rounds}"
     try:
         cache = ray.get_actor(COST_CACHE)
     except ValueError:
-        return measure()
+        return measure_cost(model, dense, image_shape, target)
     value = ray.get(cache.get.remote(key))
     if value is None:
-        value = measure()
+        value = measure_cost(model, dense, image_shape, target)
         ray.get(cache.put.remote(key, value))
-    return tuple(value)
+    return dict(value)
 
 
 def trial_dirname(trial) -> str:
@@ -105,14 +115,15 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
     device = _device()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     dense = build_model(space.model, data, **space.model_kwargs)
-    plan = plan_for(space, dense, config, setup.budget)
+    plan = plan_for(space, dense, config, setup.budget, rank_multiple=setup.rank_multiple)
     model = factorize(dense, plan, generator=torch.Generator().manual_seed(setup.seed)).to(device)
+    data = data.to(device)  # once per trial; augmentation then draws on the device's generator
     train_config = space.train_config()
     if train_config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, train_config)
-    schedule = make_schedule(optimizer, train_config, math.ceil(len(data.train.labels) / train_config.batch_size))
-    generator = torch.Generator().manual_seed(setup.seed)
+    optimizer = make_optimizer(model, train_config, plan)
+    schedule = make_schedule(optimizer, train_config, steps_per_epoch(len(data.train), train_config, device))
+    generator = torch.Generator(device=device).manual_seed(setup.seed)
 
     first_epoch = 1
     checkpoint = tune.get_checkpoint()
@@ -122,31 +133,32 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())  # RNG states live on the host, whatever the device
         first_epoch = state["epoch"] + 1
 
-    shape = (1, *data.image_shape)
-    dense = dense.to(device)
+    if data.val is None:
+        raise ValueError("the search needs a validation split (data.val_fraction > 0): it never selects on test")
     dense_params = count_params(dense)
-    latency, dense_latency, flops = cached_cost(model, dense, shape, setup.latency_threads)
-    dense_flops = count_flops(dense, shape)
+    cost = cached_cost(model, dense, tuple(data.image_shape), space.latency)
     fixed = {
         "params": count_params(model),
         "params_ratio": count_params(model) / dense_params,
-        "latency_ms": latency,
-        "latency_ratio": latency / dense_latency,
-        "flops_ratio": flops / dense_flops,
+        **{key: value for key, value in cost.items() if key != "flops"},
+        "flops_ratio": cost["flops"] / count_flops(dense, (1, *data.image_shape)),
+        "plan_key": plan_key(plan),
     }
-    eval_split = data.val if data.val is not None else data.test
     trial_info = {"model": space.model, "model_kwargs": space.model_kwargs, "num_classes": data.num_classes,
                   "image_shape": list(data.image_shape), "mean": list(data.mean), "std": list(data.std),
                   "plan": {name: layer.model_dump() for name, layer in plan.items()}, "config": config}
     plan_json = json.dumps(trial_info["plan"], sort_keys=True)
+    layers_json = json.dumps(plan_layers(space, dense, plan))
     for epoch in range(first_epoch, space.max_epochs + 1):
-        metrics = train_one_epoch(model, data, optimizer, schedule, train_config, generator=generator, epoch=epoch)
-        metrics.update(fixed, epoch=epoch, accuracy=evaluate(model, eval_split, data), plan=plan_json)
+        metrics = train_one_epoch(model, data, optimizer, schedule, train_config, generator=generator, epoch=epoch,
+                                  plan=plan)
+        metrics.update(fixed, epoch=epoch, accuracy=evaluate(model, data.val, data, config=train_config),
+                       plan=plan_json, plan_layers=layers_json, compile_seconds=compile_seconds(model))
         if epoch == space.max_epochs:
-            metrics["test_accuracy"] = evaluate(model, data.test, data)
+            metrics["test_accuracy"] = evaluate(model, data.test, data, config=train_config)
         with tempfile.TemporaryDirectory() as folder:
             write_checkpoint(folder, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "schedule": schedule.state_dict(), "generator": generator.get_state(),

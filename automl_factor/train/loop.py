@@ -1,9 +1,11 @@
 """Training and evaluation: one epoch, the optimizer with FD or weight decay, the LR schedule.
 
-The regularizer follows the paper: ``fd`` decays each factorized layer planned with FD by its
-Frobenius norm (coefficient = the ordinary weight decay) and everything else by ordinary weight
-decay; ``wd`` applies ordinary weight decay to all parameters, factors included; ``none`` none.
-FD is applied in closed form straight to the gradients (``add_frobenius_grad_``), not as a penalty.
+Regularization follows the paper, per layer as the plan says (``LayerPlan.regularizer``): ``fd``
+decays a factorized layer by the Frobenius norm of its product, ``wd`` by ordinary weight decay on
+its factors, ``none`` not at all; every other parameter gets ordinary weight decay. One coefficient,
+``TrainConfig.weight_decay``, serves both (Khodak et al.: FD needs no new hyperparameter). Without a
+plan every factorized layer is ``fd``. FD is applied in closed form straight to the gradients
+(``add_frobenius_grad_``), not as a penalty.
 
 Speed: a step is one forward+loss function and the closed-form FD, both compiled with
 ``torch.compile`` when ``TrainConfig.compile`` says so (by default on CUDA, where kernel launches
@@ -51,7 +53,6 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(5e-4, ge=0)  # also the Frobenius decay coefficient
     schedule: Literal["multistep", "cosine"] = "multistep"
     warmup_epochs: float = Field(0.0, ge=0)
-    regularizer: Literal["fd", "wd", "none"] = "fd"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     channels_last: bool = False
     # torch.compile the forward+loss (None: on for CUDA, off for CPU). Off restores the eager loop.
@@ -67,13 +68,10 @@ def make_optimizer(model: nn.Module, config: TrainConfig, plan: Mapping | None =
     """SGD or AdamW. Factors of layers the plan decays with ``fd`` or ``none`` get no weight decay
     (FD replaces it); everything else gets ``config.weight_decay``. Without a plan every factorized
     layer is FD. On CUDA the optimizer's fused kernels update all parameters in a few launches."""
-    decay = 0.0 if config.regularizer == "none" else config.weight_decay
-    undecayed = set()
-    if config.regularizer == "fd":
-        undecayed = {id(p) for kind in ("fd", "none") for p in factor_parameters(model, plan, kind)}
+    undecayed = {id(p) for kind in ("fd", "none") for p in factor_parameters(model, plan, kind)}
     others = [p for p in model.parameters() if id(p) not in undecayed]
     factors = [p for p in model.parameters() if id(p) in undecayed]
-    groups = [{"params": others, "weight_decay": decay}]
+    groups = [{"params": others, "weight_decay": config.weight_decay}]
     if factors:
         groups.append({"params": factors, "weight_decay": 0.0})
     fused = {"fused": True} if next(model.parameters()).device.type == "cuda" else {}
@@ -178,7 +176,7 @@ def train_one_epoch(model: nn.Module, data: DataBundle, optimizer: torch.optim.O
     compiled = config.compiled_on(device)
     forward_loss = _step_function(model, config, device, "loss")
     frobenius_decay = _step_function(model, config, device, "fd")
-    fd_modules = nn.ModuleList(decayed_modules(model, plan)) if config.regularizer == "fd" else nn.ModuleList()
+    fd_modules = nn.ModuleList(decayed_modules(model, plan))
     fd_coupled = len(fd_modules) > 0 and config.optimizer == "sgd"
     fd_decoupled = len(fd_modules) > 0 and config.optimizer == "adamw"
     model.train()

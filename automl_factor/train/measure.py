@@ -62,13 +62,13 @@ class PairedLatency:
 
 @torch.no_grad()
 def paired_latency(model: nn.Module, dense: nn.Module, input_shape: tuple[int, ...], *, rounds: int = 5,
-                   threads: int = 1, min_run_time: float = 0.05, device: str | torch.device | None = None
+                   threads: int = 1, min_run_time: float = 0.02, device: str | torch.device | None = None
                    ) -> PairedLatency:
     """Latency of ``model`` relative to ``dense`` (both collapsed, eval mode), timed alternately.
 
     Each round times both models back to back with ``torch.utils.benchmark`` (which synchronizes
-    CUDA), the order flipping every round so neither always runs on a warmer machine. ``device``
-    defaults to where ``model`` lives. Example::
+    CUDA) for about ``min_run_time`` seconds each, the order flipping every round so neither always
+    runs on a warmer machine. ``device`` defaults to where ``model`` lives. Example::
 
         paired_latency(fmodel, dense, (1, 3, 32, 32), rounds=5).ratio   # 0.42: 2.4x faster than dense
     """
@@ -80,13 +80,18 @@ def paired_latency(model: nn.Module, dense: nn.Module, input_shape: tuple[int, .
     models = [collapse(m).to(device).eval() for m in (model, dense)]
     x = torch.randn(input_shape, device=device)
     timers = [benchmark.Timer(stmt="model(x)", globals={"model": m, "x": x}, num_threads=threads) for m in models]
+    # One block of calls per model per round, sized once so a block lasts about min_run_time
+    # (blocked_autorange would re-calibrate every round, several times the cost).
+    numbers = []
     for timer in timers:
-        timer.timeit(2)  # warm-up: allocator, kernels, lazy init
+        timer.timeit(3)  # warm-up: allocator, kernels, lazy init
+        single = max(timer.timeit(5).mean, 1e-7)
+        numbers.append(max(1, int(min_run_time / single)))
     times: list[list[float]] = [[], []]
     for round_index in range(rounds):
         order = (0, 1) if round_index % 2 == 0 else (1, 0)
         for which in order:
-            times[which].append(timers[which].blocked_autorange(min_run_time=min_run_time).median)
+            times[which].append(timers[which].timeit(numbers[which]).mean)
     ratios = [a / b for a, b in zip(*times)]
     ratio = statistics.median(ratios)
     if len(ratios) >= 4:

@@ -47,6 +47,8 @@ def test_missing_space_file(tmp_path: Path):
     ("groups: [unclosed\n", ["not valid YAML"]),
     ("model: resnet999\n", ["resnet999", "resnet20"]),
     ("groups:\n  - name: g\n    layers: ['nothing.*']\n", ["'g'", "matches no layer"]),
+    ("data: {name: digits, val_fraction: 0}\n", ["data.val_fraction", "(0, 1)", "got 0", "test"]),
+    ("latency: {device: tpu}\n", ["latency.device", "tpu", "cpu"]),
 ])
 def test_malformed_space(tmp_path: Path, text, needles):
     (tmp_path / "bad.yaml").write_text(text)

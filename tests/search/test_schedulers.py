@@ -1,12 +1,15 @@
-"""MO-ASHA inside a real Ray Tune run, against Ray's own single-objective ASHA on the same trials."""
+"""MO-ASHA inside a real Ray Tune run, against Ray's own single-objective ASHA on the same trials;
+its rungs saved with the experiment and read back on resume."""
 from __future__ import annotations
 
+import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from automl_factor.search.schedulers import MultiObjectiveASHA
 
@@ -15,9 +18,9 @@ pytestmark = pytest.mark.integration
 # Run in this order, one at a time. B is less accurate than A but smaller: on the Pareto front.
 # C is dominated by A in every objective.
 TRIALS = [
-    {"name": "A", "accuracy": 0.9, "params_ratio": 0.10, "latency_ms": 1.0},
-    {"name": "B", "accuracy": 0.5, "params_ratio": 0.05, "latency_ms": 1.0},
-    {"name": "C", "accuracy": 0.4, "params_ratio": 0.20, "latency_ms": 2.0},
+    {"name": "A", "accuracy": 0.9, "params_ratio": 0.10, "latency_ratio": 1.0},
+    {"name": "B", "accuracy": 0.5, "params_ratio": 0.05, "latency_ratio": 1.0},
+    {"name": "C", "accuracy": 0.4, "params_ratio": 0.20, "latency_ratio": 2.0},
 ]
 MAX_EPOCHS = 4
 
@@ -68,3 +71,33 @@ def test_moasha_keeps_small_models_that_asha_cuts(ray_runtime, tmp_path):
 def test_bad_arguments(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         MultiObjectiveASHA(**kwargs)
+
+
+def _result(epoch, accuracy, params_ratio, latency_ratio=1.0):
+    return {"epoch": epoch, "accuracy": accuracy, "params_ratio": params_ratio, "latency_ratio": latency_ratio,
+            "latency_ratio_spread": 0.01}
+
+
+def test_rungs_survive_a_resume(tmp_path):
+    """A new scheduler object (what ``Tuner.restore`` unpickles: the one built before the search
+    started) reads the rungs back: stopped trials stay stopped, new trials meet the old rungs."""
+    state = tmp_path / "run" / "moasha.json"
+    before = MultiObjectiveASHA(max_t=9, grace_period=1, reduction_factor=3, state_uri=str(state))
+    pristine = ray.cloudpickle.dumps(before)  # as pickled into tuner.pkl, before any trial ran
+    good, bad = SimpleNamespace(trial_id="good"), SimpleNamespace(trial_id="bad")
+    assert before.on_trial_result(None, good, _result(1, 0.9, 0.05)) == TrialScheduler.CONTINUE
+    assert before.on_trial_result(None, bad, _result(1, 0.5, 0.08)) == TrialScheduler.STOP  # dominated by good
+    assert json.loads(state.read_text())["stopped"] == ["bad"]
+
+    after = ray.cloudpickle.loads(pristine)
+    # A stopped trial that Ray restarts from a checkpoint (its stop was not yet in Ray's state) stays stopped.
+    assert after.on_trial_result(None, bad, _result(2, 0.95, 0.01)) == TrialScheduler.STOP
+    # A new, dominated trial competes with the old rung (on an empty rung it would be promoted).
+    assert after.on_trial_result(None, SimpleNamespace(trial_id="new"), _result(1, 0.4, 0.09)) == TrialScheduler.STOP
+    assert set(after.state()["rungs"]["1"]) == {"good", "bad", "new"}
+
+
+def test_without_state_uri_nothing_is_written(tmp_path):
+    scheduler = MultiObjectiveASHA(max_t=4, grace_period=1, reduction_factor=3)
+    scheduler.on_trial_result(None, SimpleNamespace(trial_id="a"), _result(1, 0.9, 0.05))
+    assert list(tmp_path.iterdir()) == []

@@ -117,3 +117,53 @@ def test_unknown_sampler_is_rejected():
 
     with pytest.raises(ValueError, match="'bayes'.*tpe"):
         make_sampler("bayes", 0)
+
+
+def test_validation_split_is_required(tmp_path):
+    # val_fraction 0 used to make the search select on the test split.
+    path = tmp_path / "s.yaml"
+    path.write_text("data: {val_fraction: 0.0}\n")
+    with pytest.raises(ValueError, match=r"key data.val_fraction: .*\(0, 1\).*test split.*\(got 0.0\)"):
+        load_space(path)
+
+
+def test_latency_target_defaults_and_budget_use_is_log_uniform():
+    space = SearchSpace()
+    assert space.latency.model_dump() == {"device": "cpu", "batch_size": 1, "threads": 1, "rounds": 5}
+    assert space.budget_use == (0.1, 1.0)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    SpaceSampler(space)(trial)
+    assert trial.distributions["budget_use"].log
+
+
+def test_plan_key_names_the_trained_model_not_the_proposal(resnet):
+    from automl_factor.search.space import PlanKeys, plan_layers
+    keys = PlanKeys(SPACE, resnet, budget=0.1)
+    base = {"s1.kind": "lowrank", "s1.layout": "spatial", "s1.init": "spectral", "s1.regularizer": "fd",
+            "rest.kind": "lowrank", "rest.layout": "spatial", "rest.init": "spectral", "rest.regularizer": "fd",
+            "s1.rank_fraction": 0.3, "rest.rank_fraction": 0.3}
+    # Two tiny budget shares both fall to the smallest plan (rank 1 everywhere): one model.
+    assert keys({**base, "budget_use": 0.01}) == keys({**base, "budget_use": 0.02})
+    assert keys({**base, "budget_use": 0.01}) != keys({**base, "budget_use": 1.0})
+    assert keys({**base, "budget_use": 1.0}) != keys({**base, "budget_use": 1.0, "s1.init": "default"})
+    plan = plan_for(SPACE, resnet, {**base, "budget_use": 1.0}, 0.1)
+    rows = plan_layers(SPACE, resnet, plan)
+    assert len(rows) == 18 and {row["group"] for row in rows} == {"s1", "rest"}
+    assert all(row["rank"] == plan[row["layer"]].rank and row["rank"] <= row["full_rank"] for row in rows)
+    assert sum(row["params"] for row in rows) - sum(row["dense_params"] for row in rows) == \
+        planned_params(resnet, plan) - count_params(resnet)
+
+
+def test_budget_use_starts_at_the_smallest_plan(resnet):
+    # Shares below the smallest plan all become that one plan: the sampler does not spend trials there.
+    from automl_factor.search.space import smallest_plan_params
+    share = smallest_plan_params(SPACE, resnet) / (0.1 * count_params(resnet))
+    assert 0.1 < share < 1
+    assert smallest_plan_params(SPACE, resnet) <= minimum_params(SPACE, resnet)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampler = SpaceSampler(SearchSpace(), smallest_share=share)
+    for _ in range(20):
+        trial = study.ask()
+        sampler(trial)
+        assert share <= trial.params["budget_use"] <= 1.0

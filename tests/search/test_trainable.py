@@ -1,12 +1,17 @@
-"""The cost cache: paired latency of candidate and dense model, measured once per architecture."""
+"""Latency as a ratio to dense: candidate and dense timed interleaved, measured once per architecture."""
 from __future__ import annotations
 
+import pytest
 import ray
 import torch
 from torch import nn
 
+from automl_factor.search.space import LatencyTarget
 from automl_factor.search.trainable import architecture_key, cached_cost, start_cost_cache
 from automl_factor.train import count_flops
+from automl_factor.train.measure import paired_latency
+
+TARGET = LatencyTarget(device="cpu", batch_size=1, threads=1, rounds=3)
 
 
 def _models():
@@ -16,11 +21,23 @@ def _models():
     return small, dense
 
 
+def test_paired_latency_gives_ratio_spread_and_both_timings():
+    small, dense = _models()
+    timing = paired_latency(small, dense, (1, 1024), rounds=4, min_run_time=0.01)
+    assert timing.rounds == 4 and timing.spread >= 0
+    assert 0 < timing.ms < timing.dense_ms and 0 < timing.ratio < 1  # 8k vs 2M multiply-adds
+    same = paired_latency(dense, dense, (1, 1024), rounds=5, min_run_time=0.01)
+    assert same.ratio == pytest.approx(1.0, abs=0.5)
+    with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
+        paired_latency(small, dense, (1, 1024), rounds=0)
+
+
 def test_without_the_cache_actor_both_models_are_measured():
     small, dense = _models()
-    latency, dense_latency, flops = cached_cost(small, dense, (1, 1024), threads=1)
-    assert flops == count_flops(small, (1, 1024)) == 2 * (1024 * 4 + 4 * 10)
-    assert 0 < latency < dense_latency  # 8k vs 2M multiply-adds
+    cost = cached_cost(small, dense, (1024,), TARGET)
+    assert cost["flops"] == count_flops(small, (1, 1024)) == 2 * (1024 * 4 + 4 * 10)
+    assert 0 < cost["latency_ms"] < cost["dense_latency_ms"]
+    assert cost["latency_ratio"] < 1 and cost["latency_ratio_spread"] >= 0
 
 
 def test_the_cache_actor_measures_each_architecture_once():
@@ -28,12 +45,13 @@ def test_the_cache_actor_measures_each_architecture_once():
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         cache = start_cost_cache()
-        first = cached_cost(small, dense, (1, 1024), threads=1)
+        first = cached_cost(small, dense, (1024,), TARGET)
         other_weights = _models()[0].apply(lambda m: nn.init.zeros_(m.weight) if isinstance(m, nn.Linear) else None)
         assert architecture_key(other_weights, (1, 1024), torch.device("cpu")) == \
             architecture_key(small, (1, 1024), torch.device("cpu"))
-        assert cached_cost(other_weights, dense, (1, 1024), threads=1) == first  # read back, not re-measured
-        assert ray.get(cache.get.remote(architecture_key(small, (1, 1024), torch.device("cpu")))) == first
-        assert ray.get(cache.get.remote(architecture_key(dense, (1, 1024), torch.device("cpu")))) is None
+        assert cached_cost(other_weights, dense, (1024,), TARGET) == first  # read back, not re-measured
+        key = architecture_key(small, (1, 1024), torch.device("cpu")) + "|1|3"
+        assert ray.get(cache.get.remote(key)) == first
+        assert ray.get(cache.get.remote(architecture_key(dense, (1, 1024), torch.device("cpu")) + "|1|3")) is None
     finally:
         ray.shutdown()

@@ -29,27 +29,31 @@ def _ids(params):
     return {id(p) for p in params}
 
 
+def _plan(first: str) -> dict:
+    """PLAN with layer "1" decayed by ``first`` (fd, wd or none)."""
+    return {**PLAN, "1": PLAN["1"].model_copy(update={"regularizer": first})}
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-@pytest.mark.parametrize("regularizer", ["fd", "wd", "none"])
-def test_make_optimizer_groups(regularizer, optimizer) -> None:
-    fmodel = factorize(_mlp(), PLAN)
-    config = TrainConfig(regularizer=regularizer, optimizer=optimizer, weight_decay=3e-4)
-    opt = make_optimizer(fmodel, config, PLAN)
+@pytest.mark.parametrize("first", ["fd", "wd", "none"])
+def test_make_optimizer_groups_follow_the_plan(first, optimizer) -> None:
+    plan = _plan(first)
+    fmodel = factorize(_mlp(), plan)
+    opt = make_optimizer(fmodel, TrainConfig(optimizer=optimizer, weight_decay=3e-4), plan)
     all_ids = _ids(fmodel.parameters())
     grouped = [_ids(g["params"]) for g in opt.param_groups]
     assert set().union(*grouped) == all_ids and sum(len(g) for g in grouped) == len(all_ids)
-    if regularizer == "fd":
-        fd = _ids([fmodel[1].U, fmodel[1].V, fmodel[3].U, fmodel[3].V, fmodel[3].M])
-        assert fd == _ids(factor_parameters(fmodel, PLAN))
-        assert len(opt.param_groups) == 2
-        by_decay = {g["weight_decay"]: _ids(g["params"]) for g in opt.param_groups}
-        assert by_decay[0.0] == fd
-        assert by_decay[3e-4] == all_ids - fd
-        assert _ids([fmodel[5].U, fmodel[5].V]) <= by_decay[3e-4]  # "wd" layers keep ordinary decay
-    else:
-        assert len(opt.param_groups) == 1
-        assert opt.param_groups[0]["weight_decay"] == (3e-4 if regularizer == "wd" else 0.0)
+    by_decay = {g["weight_decay"]: _ids(g["params"]) for g in opt.param_groups}
+    # factors decayed by FD (layer 3, and 1 unless wd/none) or by nothing get no weight decay; all else 3e-4
+    undecayed = _ids([fmodel[3].U, fmodel[3].V, fmodel[3].M] + ([fmodel[1].U, fmodel[1].V] if first != "wd" else []))
+    assert by_decay[0.0] == undecayed and by_decay[3e-4] == all_ids - undecayed
+    assert _ids([fmodel[5].U, fmodel[5].V]) <= by_decay[3e-4]  # "wd" layers keep ordinary decay
+    assert _ids(factor_parameters(fmodel, plan, "fd")) == undecayed - (_ids([fmodel[1].U, fmodel[1].V])
+                                                                        if first == "none" else set())
     assert isinstance(opt, torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW)
+    # without a plan every factorized layer is FD (the paper's recipe)
+    no_plan = {g["weight_decay"]: _ids(g["params"]) for g in make_optimizer(fmodel, TrainConfig(), None).param_groups}
+    assert no_plan[0.0] == _ids(p for i in (1, 3, 5) for p in fmodel[i].factor_parameters())
 
 
 def _bundle(n=6, seed=0):
@@ -61,40 +65,40 @@ def _bundle(n=6, seed=0):
                       flip=False)
 
 
-def _dense_fd(fmodel) -> torch.Tensor:
+def _dense_fd(fmodel, plan) -> torch.Tensor:
     return sum(0.5 * m.weight_matrix().square().sum() for name, m in fmodel.named_modules()
-               if isinstance(m, FactorizedLayer) and PLAN[name].regularizer == "fd")
+               if isinstance(m, FactorizedLayer) and plan[name].regularizer == "fd")
 
 
-@pytest.mark.parametrize("regularizer", ["fd", "wd", "none"])
-def test_one_sgd_step_matches_manual_update(regularizer) -> None:
+@pytest.mark.parametrize("first", ["fd", "wd", "none"])
+def test_one_sgd_step_matches_manual_update(first) -> None:
     lr, wd = 0.1, 0.05
-    fmodel = factorize(_mlp(), PLAN)
+    plan = _plan(first)
+    fmodel = factorize(_mlp(), plan)
     with torch.no_grad():  # move off SI so that M != I
         for i, p in enumerate(fmodel.parameters()):
             p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
     bundle = _bundle()
-    config = TrainConfig(epochs=1, batch_size=len(bundle.train), lr=lr, momentum=0.0, weight_decay=wd,
-                         regularizer=regularizer)
+    config = TrainConfig(epochs=1, batch_size=len(bundle.train), lr=lr, momentum=0.0, weight_decay=wd)
     # manual: one full batch (order does not matter for a mean loss without batch norm)
     x = (bundle.train.images.float() - 0.4 * 255) / (0.3 * 255)
     loss = F.cross_entropy(fmodel(x), bundle.train.labels)
     params = list(fmodel.parameters())
     g_loss = torch.autograd.grad(loss, params)
-    fd_ids = _ids(factor_parameters(fmodel, PLAN)) if regularizer == "fd" else set()
-    g_fd = dict(zip(map(id, params), torch.autograd.grad(_dense_fd(fmodel), params, allow_unused=True)))
+    fd_ids, none_ids = _ids(factor_parameters(fmodel, plan, "fd")), _ids(factor_parameters(fmodel, plan, "none"))
+    g_fd = dict(zip(map(id, params), torch.autograd.grad(_dense_fd(fmodel, plan), params, allow_unused=True)))
     expected = []
     for p, g in zip(params, g_loss):
         if id(p) in fd_ids:
             expected.append(p.detach() - lr * (g + wd * g_fd[id(p)]))
-        elif regularizer == "none":
+        elif id(p) in none_ids:
             expected.append(p.detach() - lr * g)
         else:
             expected.append(p.detach() - lr * (g + wd * p.detach()))
-    opt = make_optimizer(fmodel, config, PLAN)
+    opt = make_optimizer(fmodel, config, plan)
     schedule = make_schedule(opt, config, steps_per_epoch=1)
     metrics = train_one_epoch(fmodel, bundle, opt, schedule, config, generator=torch.Generator().manual_seed(0),
-                              plan=PLAN)
+                              plan=plan)
     assert metrics["images"] == len(bundle.train)
     assert metrics["loss"] == pytest.approx(loss.item(), rel=1e-5)
     for (name, p), want in zip(fmodel.named_parameters(), expected):
@@ -107,7 +111,7 @@ def test_one_adamw_step_applies_decoupled_fd() -> None:
     bundle = _bundle()
     config = TrainConfig(epochs=1, batch_size=len(bundle.train), lr=lr, weight_decay=wd, optimizer="adamw")
     fd_params = factor_parameters(fmodel, PLAN)
-    g_fd = torch.autograd.grad(_dense_fd(fmodel), fd_params)
+    g_fd = torch.autograd.grad(_dense_fd(fmodel, PLAN), fd_params)
     before = [p.detach().clone() for p in fd_params]
     # reference: an untouched copy trained with FD switched off and no AdamW decay on the factors
     ref = factorize(_mlp(), PLAN)
@@ -118,10 +122,11 @@ def test_one_adamw_step_applies_decoupled_fd() -> None:
     opt = make_optimizer(fmodel, config, PLAN)
     train_one_epoch(fmodel, bundle, opt, make_schedule(opt, config, 1), config,
                     generator=torch.Generator().manual_seed(0), plan=PLAN)
-    ref_config = config.model_copy(update={"regularizer": "none"})
-    ref_opt = make_optimizer(ref, ref_config)
-    train_one_epoch(ref, bundle, ref_opt, make_schedule(ref_opt, ref_config, 1), ref_config,
-                    generator=torch.Generator().manual_seed(0))
+    ref_plan = {name: layer.model_copy(update={"regularizer": "none"}) if layer.regularizer == "fd" else layer
+                for name, layer in PLAN.items()}  # FD switched off, factors still free of weight decay
+    ref_opt = make_optimizer(ref, config, ref_plan)
+    train_one_epoch(ref, bundle, ref_opt, make_schedule(ref_opt, config, 1), config,
+                    generator=torch.Generator().manual_seed(0), plan=ref_plan)
     ref_fd = factor_parameters(ref, PLAN)
     for p, r, b, g in zip(fd_params, ref_fd, before, g_fd):
         # Adam's step does not depend on the decoupled FD (applied after the gradient), so the only
@@ -255,7 +260,7 @@ def test_compiled_step_follows_the_eager_trajectory() -> None:
     runs = {}
     for compile_step in (False, True):
         model = _small_convnet()
-        config = TrainConfig(epochs=3, batch_size=64, lr=0.05, compile=compile_step, regularizer="fd")
+        config = TrainConfig(epochs=3, batch_size=64, lr=0.05, compile=compile_step)
         runs[compile_step] = (model, fit(model, data, config, seed=0))
     (eager, eager_history), (compiled, compiled_history) = runs[False], runs[True]
     assert compile_seconds(compiled) > 0 and compile_seconds(eager) == 0
