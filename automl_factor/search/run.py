@@ -114,6 +114,14 @@ def _searcher(prepared, rank_multiple: int) -> FullBudgetOptunaSearch:
         storage=storage, study_name=prepared.name, max_epochs=space.max_epochs)
 
 
+def trial_gpus(options) -> float:
+    """GPUs each trial asks Ray for: the option, or by default a quarter GPU when the cluster has
+    GPUs (several trials per GPU: one CIFAR-size trial cannot fill one), else none."""
+    if options.gpus_per_trial is not None:
+        return options.gpus_per_trial
+    return DEFAULT_GPU_SHARE if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
 def run_search(prepared) -> tuple[list[dict], dict]:
     """Run (or resume) the search; return the trial rows and the latency noise summary."""
     options, space = prepared.options, prepared.space
@@ -134,9 +142,7 @@ def run_search(prepared) -> tuple[list[dict], dict]:
     tracker = SearchTracker(tracking_uri=options.mlflow_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
                             folder=RunFolder(prepared.run_uri), max_epochs=space.max_epochs,
                             num_samples=options.num_samples, budget=options.budget_fraction, finalize_on_end=False)
-    gpus_per_trial = options.gpus_per_trial
-    if gpus_per_trial is None:  # several trials per GPU: one CIFAR-size trial cannot fill a GPU
-        gpus_per_trial = DEFAULT_GPU_SHARE if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    gpus_per_trial = trial_gpus(options)
     rank_multiple = 8 if gpus_per_trial > 0 else 1  # GPU matrix units work in tiles of 8 channels
     setup = TrialSetup(space=space, budget=options.budget_fraction, seed=options.seed, rank_multiple=rank_multiple)
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=prepared.data, setup=setup),
