@@ -15,6 +15,14 @@ from .factorization import (FactorizedAttention, FactorizedConv2d, FactorizedLin
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``af.train`` and ``af.search`` on first use (the search imports Ray, Optuna and MLflow)."""
+    if name in ("train", "search"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'automl_factor' has no attribute {name!r}")
+
 __all__ = [
     "FactorizedAttention", "FactorizedConv2d", "FactorizedLinear", "LayerPlan", "add_frobenius_grad_", "collapse", "count_params",
     "decoupled_frobenius_decay_", "factorizable_layers", "factorize", "fit_to_budget", "frobenius_penalty",

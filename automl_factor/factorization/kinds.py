@@ -154,7 +154,7 @@ class Deep(LowRank):
     @classmethod
     def build(cls, module, layer, generator):
         if is_attention(module):
-            raise ValueError("attention layers support kinds 'lowrank' and 'overcomplete', not 'deep'")
+            raise ValueError("attention layers support kind 'lowrank' only: each head pair is already a factorization")
         return super().build(module, layer, generator)
 
 

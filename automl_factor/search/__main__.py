@@ -12,9 +12,8 @@ import sys
 from pydantic import ValidationError
 
 from ..cli import DefaultsFormatter, Parser, UsageError, fail
-from .options import SCHEDULERS, SearchOptions
+from .options import SAMPLERS, SCHEDULERS, SearchOptions
 from .prepare import DEFAULT_SPACE, prepare
-from .searcher import SAMPLERS
 
 
 def _fraction(text: str) -> float:

@@ -12,10 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .searcher import SAMPLERS
+__all__ = ["SearchOptions", "SAMPLERS", "SCHEDULERS"]
 
-__all__ = ["SearchOptions", "SCHEDULERS"]
-
+SAMPLERS = ("tpe", "nsga2", "gp", "random")  # Optuna samplers, all multi-objective (searcher.make_sampler)
 SCHEDULERS = ("moasha", "asha", "fifo")
 
 

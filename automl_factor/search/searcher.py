@@ -20,11 +20,11 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from .options import SAMPLERS
 from .pareto import NAMES
 
 __all__ = ["FullBudgetOptunaSearch", "make_sampler", "SAMPLERS"]
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
 logger = logging.getLogger(__name__)
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,34 +16,11 @@ import torch
 
 from automl_factor import cli
 from automl_factor.search.pick import Constraints, PickError, best, export_command, knee, open_search
+from conftest import TINY_SPACE as SPACE
+from conftest import run_cli
 
-SPACE = """
-model: resnet20
-model_kwargs: {width_multiplier: 0.5}
-data: {name: digits, val_fraction: 0.2, train_subset: 400}
-recipe: {lr: 0.05, batch_size: 64}
-max_epochs: 3
-budget_use: [0.3, 1.0]
-groups:
-  - name: early
-    layers: ["layer1.*", "layer2.*"]
-    kinds: [lowrank, deep]
-    rank_fraction: [0.1, 1.0]
-    inits: [spectral, default]
-  - name: late
-    layers: ["layer3.*"]
-    kinds: [lowrank]
-    layouts: [spatial, channel]
-    regularizers: [fd, wd]
-"""
 NUM_SAMPLES = 8
 integration = pytest.mark.integration
-
-
-def run_cli(module: str, *args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")
