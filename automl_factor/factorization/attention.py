@@ -28,7 +28,7 @@ from torch import nn
 from .layers import FactorizedModule
 from .spectral import spectral_factors
 
-__all__ = ["FactorizedAttention", "is_attention", "head_products", "deployed_attn_dim"]
+__all__ = ["FactorizedAttention", "is_attention", "head_products", "deployed_attn_dim", "attention_params"]
 
 
 def is_attention(module: nn.Module) -> bool:
@@ -44,6 +44,14 @@ def deployed_attn_dim(dim: int, num_heads: int, attn_dim: int, bias: bool) -> in
     wider than that is collapsed to it, and a narrower head stays as it is."""
     head_dim = attn_dim // num_heads
     return num_heads * min(head_dim, dim + int(bias))
+
+
+def attention_params(attn: nn.Module, attn_dim: int) -> int:
+    """Deployed parameters of attention module ``attn`` trained at width ``attn_dim``: q, k, v, o at
+    the width ``collapse`` keeps (``deployed_attn_dim``), with their biases."""
+    bias = attn.q.bias is not None
+    width = deployed_attn_dim(attn.dim, attn.num_heads, attn_dim, bias)
+    return 4 * attn.dim * width + (3 * width if bias else 0) + (attn.dim if attn.o.bias is not None else 0)
 
 
 def _augmented(linear: nn.Linear) -> torch.Tensor:
@@ -109,10 +117,7 @@ class FactorizedAttention(FactorizedModule):
 
     def inference_params(self) -> int:
         """Parameters of ``collapse()``, from shapes alone."""
-        inner = self.inner
-        bias = inner.q.bias is not None
-        width = deployed_attn_dim(inner.dim, inner.num_heads, inner.attn_dim, bias)
-        return 4 * inner.dim * width + (3 * width if bias else 0) + (inner.dim if inner.o.bias is not None else 0)
+        return attention_params(self.inner, self.inner.attn_dim)
 
     def collapse(self) -> nn.Module:
         """The plain attention module, each head no wider than the rank its products can have

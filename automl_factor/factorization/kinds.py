@@ -23,8 +23,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .attention import FactorizedAttention, deployed_attn_dim, is_attention
-from .layers import FactorizedConv2d, FactorizedLinear
+from .attention import FactorizedAttention, attention_params, is_attention
+from .layers import FactorizedConv2d, FactorizedLinear, pair_params
 
 __all__ = ["Factorization", "get_kind", "kind_names", "matrix_shape", "full_rank", "snap_rank", "dense_params"]
 
@@ -136,11 +136,8 @@ class LowRank(Factorization):
     @classmethod
     def deployed_params(cls, module, layer) -> int:
         if is_attention(module):
-            d, bias = module.dim, module.q.bias is not None
-            width = deployed_attn_dim(d, module.num_heads, layer.rank, bias)  # what collapse() keeps
-            return 4 * d * width + (3 * width if bias else 0) + (d if module.o.bias is not None else 0)
-        m, n = matrix_shape(module, layer.layout)
-        return min(layer.rank * (m + n), m * n) + _bias_params(module)
+            return attention_params(module, layer.rank)
+        return pair_params(*matrix_shape(module, layer.layout), layer.rank, _bias_params(module))
 
 
 class Deep(LowRank):
@@ -154,7 +151,7 @@ class Deep(LowRank):
     @classmethod
     def build(cls, module, layer, generator):
         if is_attention(module):
-            raise ValueError("attention layers support kind 'lowrank' only: each head pair is already a factorization")
+            raise ValueError("attention layers support kind 'lowrank', not 'deep': each head pair is already a factorization")
         return super().build(module, layer, generator)
 
 

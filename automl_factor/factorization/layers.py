@@ -16,7 +16,7 @@ from torch import nn
 from .spectral import spectral_factors
 
 __all__ = ["FactorizedModule", "FactorizedLayer", "FactorizedLinear", "FactorizedConv2d", "CONV_LAYOUTS",
-           "is_factorized"]
+           "is_factorized", "pair_params"]
 
 CONV_LAYOUTS = ("spatial", "channel")
 
@@ -46,6 +46,12 @@ class FactorizedModule(nn.Module):
 
 def is_factorized(module: nn.Module) -> bool:
     return isinstance(module, FactorizedModule)
+
+
+def pair_params(m: int, n: int, rank: int, bias: int) -> int:
+    """Deployed parameters of an ``m × n`` matrix factorized at ``rank``, plus ``bias`` entries: the
+    cheaper of two small ops, ``r(m+n)``, and one dense op, ``mn`` (what ``collapse`` picks)."""
+    return min(rank * (m + n), m * n) + bias
 
 
 class FactorizedLayer(FactorizedModule):
@@ -110,9 +116,7 @@ class FactorizedLayer(FactorizedModule):
 
     def inference_params(self) -> int:
         """Parameters once collapsed: ``min(r(m+n), mn)`` plus the bias."""
-        m, n = self.U.shape[0], self.V.shape[0]
-        bias = 0 if self.bias is None else self.bias.numel()
-        return min(self.rank * (m + n), m * n) + bias
+        return pair_params(self.U.shape[0], self.V.shape[0], self.rank, 0 if self.bias is None else self.bias.numel())
 
     def collapse(self) -> nn.Module:
         """Plain torch.nn replacement with the same outputs: two small ops, or one dense op when
