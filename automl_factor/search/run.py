@@ -135,9 +135,8 @@ def run_search(prepared) -> tuple[list[dict], dict]:
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        local = {"_node_ip_address": "127.0.0.1"} if options.address is None else {}  # a local runtime stays local
         ray.init(address=options.address, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
-                 logging_level=logging.WARNING, **local)
+                 logging_level=logging.WARNING)
     cost_cache = start_cost_cache()  # noqa: F841 - held so the actor lives as long as the search
     tracker = SearchTracker(tracking_uri=options.mlflow_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
                             folder=RunFolder(prepared.run_uri), max_epochs=space.max_epochs,
