@@ -83,7 +83,9 @@ class Factorization:
             _REGISTRY[cls.name] = cls
 
     @classmethod
-    def build(cls, module: nn.Module, layer, generator: torch.Generator | None) -> nn.Module:
+    def build(cls, module: nn.Module, layer, generator: torch.Generator | None,
+              covariance: torch.Tensor | None = None) -> nn.Module:
+        """The trainable module (``covariance``: the layer's input second moment, for ``init="activation"``)."""
         raise NotImplementedError
 
     @classmethod
@@ -110,7 +112,7 @@ class Dense(Factorization):
     scales_with_budget = False
 
     @classmethod
-    def build(cls, module, layer, generator):
+    def build(cls, module, layer, generator, covariance=None):
         return module
 
     @classmethod
@@ -125,13 +127,16 @@ class LowRank(Factorization):
     deep = False
 
     @classmethod
-    def build(cls, module, layer, generator):
+    def build(cls, module, layer, generator, covariance=None):
         if is_attention(module):
+            if layer.init == "activation":
+                raise ValueError("init 'activation' works on linear and conv layers, not attention")
             return FactorizedAttention.from_attention(module, layer.rank, init=layer.init, generator=generator)
         if isinstance(module, nn.Conv2d):
             return FactorizedConv2d.from_conv(module, layer.rank, layout=layer.layout, deep=cls.deep, init=layer.init,
-                                              generator=generator)
-        return FactorizedLinear.from_linear(module, layer.rank, deep=cls.deep, init=layer.init, generator=generator)
+                                              generator=generator, covariance=covariance)
+        return FactorizedLinear.from_linear(module, layer.rank, deep=cls.deep, init=layer.init, generator=generator,
+                                            covariance=covariance)
 
     @classmethod
     def deployed_params(cls, module, layer) -> int:
@@ -149,10 +154,10 @@ class Deep(LowRank):
     attention = False
 
     @classmethod
-    def build(cls, module, layer, generator):
+    def build(cls, module, layer, generator, covariance=None):
         if is_attention(module):
             raise ValueError("attention layers support kind 'lowrank', not 'deep': each head pair is already a factorization")
-        return super().build(module, layer, generator)
+        return super().build(module, layer, generator, covariance)
 
 
 class Overcomplete(LowRank):
@@ -165,13 +170,13 @@ class Overcomplete(LowRank):
     attention = False
 
     @classmethod
-    def build(cls, module, layer, generator):
+    def build(cls, module, layer, generator, covariance=None):
         if is_attention(module):
             raise ValueError("attention layers cannot be overcomplete: heads never merge back to the dense size")
         if layer.rank < full_rank(module, layer.layout):
             raise ValueError(f"overcomplete needs a rank >= full rank {full_rank(module, layer.layout)}, "
                              f"got {layer.rank}")
-        return super().build(module, layer, generator)
+        return super().build(module, layer, generator, covariance)
 
     @classmethod
     def deployed_params(cls, module, layer) -> int:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activation import whitened_spectral_factors
 from .spectral import spectral_factors
 
 __all__ = ["FactorizedModule", "FactorizedLayer", "FactorizedLinear", "FactorizedConv2d", "CONV_LAYOUTS",
@@ -46,6 +47,15 @@ class FactorizedModule(nn.Module):
 
 def is_factorized(module: nn.Module) -> bool:
     return isinstance(module, FactorizedModule)
+
+
+def _calibrated(init: str, covariance: torch.Tensor | None) -> torch.Tensor | None:
+    """The input covariance the init uses: required by ``activation``, ignored by ``spectral``."""
+    if init != "activation":
+        return None
+    if covariance is None:
+        raise ValueError("init 'activation' needs calibration data: factorize(model, plan, calibration=images)")
+    return covariance
 
 
 def pair_params(m: int, n: int, rank: int, bias: int) -> int:
@@ -96,9 +106,15 @@ class FactorizedLayer(FactorizedModule):
         """The effective m × n matrix ``U M Vᵀ``."""
         return self.outer_factor() @ self.V.T
 
-    def init_spectral(self, dense_weight: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """SI: factors from the truncated SVD of ``dense_weight`` read as this layer's matrix."""
-        u, v = spectral_factors(self.dense_matrix(dense_weight), self.rank, generator=generator)
+    def init_spectral(self, dense_weight: torch.Tensor, generator: torch.Generator | None = None,
+                      covariance: torch.Tensor | None = None) -> None:
+        """SI: factors from the truncated SVD of ``dense_weight`` read as this layer's matrix; with the
+        layer's input ``covariance``, the activation-aware truncation (``activation.py``)."""
+        matrix = self.dense_matrix(dense_weight)
+        if covariance is None:
+            u, v = spectral_factors(matrix, self.rank, generator=generator)
+        else:
+            u, v = whitened_spectral_factors(matrix, self.rank, covariance, generator=generator)
         with torch.no_grad():
             self.U.copy_(u)
             self.V.copy_(v)
@@ -143,11 +159,12 @@ class FactorizedLinear(FactorizedLayer):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, rank: int, *, deep: bool = False, init: str = "spectral",
-                    generator: torch.Generator | None = None) -> "FactorizedLinear":
+                    generator: torch.Generator | None = None,
+                    covariance: torch.Tensor | None = None) -> "FactorizedLinear":
         layer = cls(linear.in_features, linear.out_features, rank, deep=deep, bias=linear.bias is not None)
         layer = layer.to(linear.weight)
-        if init == "spectral":
-            layer.init_spectral(linear.weight, generator)
+        if init in ("spectral", "activation"):
+            layer.init_spectral(linear.weight, generator, _calibrated(init, covariance))
         else:
             layer.init_default(outer_fan_in=rank, generator=generator)
         if linear.bias is not None:
@@ -212,15 +229,19 @@ class FactorizedConv2d(FactorizedLayer):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int, *, layout: str = "spatial", deep: bool = False,
-                  init: str = "spectral", generator: torch.Generator | None = None) -> "FactorizedConv2d":
+                  init: str = "spectral", generator: torch.Generator | None = None,
+                  covariance: torch.Tensor | None = None) -> "FactorizedConv2d":
+        if init == "activation" and layout != "channel":
+            raise ValueError(f"init 'activation' needs conv layout 'channel' (its matrix acts on im2col patches), "
+                             f"got {layout!r}")
         if conv.groups != 1 or conv.padding_mode != "zeros":
             raise ValueError(f"only groups=1, zero-padded convs can be factorized, got groups={conv.groups}, "
                              f"padding_mode={conv.padding_mode!r}")
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank, stride=conv.stride,
                     padding=conv.padding, dilation=conv.dilation, layout=layout, deep=deep,
                     bias=conv.bias is not None).to(conv.weight)
-        if init == "spectral":
-            layer.init_spectral(conv.weight, generator)
+        if init in ("spectral", "activation"):
+            layer.init_spectral(conv.weight, generator, _calibrated(init, covariance))
         else:
             layer.init_default(outer_fan_in=rank * (conv.kernel_size[0] if layout == "spatial" else 1),
                                generator=generator)

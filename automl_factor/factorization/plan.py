@@ -8,7 +8,7 @@ the plan alone, before any training.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import torch
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from .._validation import first_problem
+from .activation import input_covariances
 from .attention import is_attention
 from .kinds import dense_params, full_rank, get_kind, snap_rank
 from .layers import is_factorized
@@ -44,7 +45,7 @@ class LayerPlan(BaseModel):
 
     kind: str = "lowrank"
     rank: int | None = Field(default=None, ge=1)
-    init: Literal["spectral", "default"] = "spectral"
+    init: Literal["spectral", "default", "activation"] = "spectral"
     layout: Literal["spatial", "channel"] = "spatial"
     regularizer: Literal[REGULARIZERS] = "fd"
 
@@ -124,16 +125,15 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def _factorize_one(module: nn.Module, layer: LayerPlan, generator: torch.Generator | None) -> nn.Module:
-    return get_kind(layer.kind).build(module, layer, generator)
-
-
 def factorize(model: nn.Module, plan: Mapping[str, LayerPlan | Mapping], *,
-              generator: torch.Generator | None = None) -> nn.Module:
+              generator: torch.Generator | None = None,
+              calibration: torch.Tensor | Iterable[torch.Tensor] | None = None) -> nn.Module:
     """A copy of ``model`` with each planned layer replaced by its factorized version.
 
     Spectral init reads each layer's current weights, so factorizing a freshly initialized model
-    gives the paper's SI and factorizing a trained one compresses it. The input is left untouched.
+    gives the paper's SI and factorizing a trained one compresses it. Layers planned with
+    ``init="activation"`` keep instead what ``calibration`` (input batches of ``model``) makes them
+    compute (``activation.py``). The input is left untouched.
 
     >>> plan = {n: LayerPlan(kind="lowrank", rank=8) for n in factorizable_layers(model)}
     >>> fmodel = factorize(model, plan)
@@ -141,10 +141,16 @@ def factorize(model: nn.Module, plan: Mapping[str, LayerPlan | Mapping], *,
     plan = parse_plan(plan)
     candidates = _candidates(model)
     _check_names(plan, candidates)
+    calibrated = [name for name, layer in plan.items() if layer.kind != "dense" and layer.init == "activation"]
+    if calibrated and calibration is None:
+        raise ValueError(f"init 'activation' (layer {calibrated[0]!r}) needs calibration data: "
+                         f"factorize(model, plan, calibration=images)")
+    covariances = input_covariances(model, calibrated, calibration) if calibrated else {}
     result = copy.deepcopy(model)
     for name, layer in plan.items():
         if layer.kind != "dense":
-            _replace(result, name, _factorize_one(result.get_submodule(name), layer, generator))
+            new = get_kind(layer.kind).build(result.get_submodule(name), layer, generator, covariances.get(name))
+            _replace(result, name, new)
     return result
 
 

@@ -49,7 +49,7 @@ class LayerGroup(_Strict):
     rank_fraction: tuple[float, float] = (0.05, 1.0)
     overcomplete_scales: list[float] = [2.0, 3.0]
     layouts: list[Literal["spatial", "channel"]] = ["spatial"]
-    inits: list[Literal["spectral", "default"]] = ["spectral"]
+    inits: list[Literal["spectral", "default", "activation"]] = ["spectral"]  # activation: channel layout only
     regularizers: list[Literal[REGULARIZERS]] = ["fd"]
 
     @model_validator(mode="after")

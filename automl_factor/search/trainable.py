@@ -21,8 +21,8 @@ import torch
 from ray import tune
 
 from ..factorization import collapse, count_params, factorize
-from ..train import (DataBundle, build_model, compile_seconds, count_flops, evaluate, make_optimizer, make_schedule,
-                     steps_per_epoch, train_one_epoch)
+from ..train import (DataBundle, build_model, compile_seconds, count_flops, evaluate, iterate_batches, make_optimizer,
+                     make_schedule, steps_per_epoch, train_one_epoch)
 from ..train.checkpoint import STATE_FILE, read_state, write_checkpoint
 from ..train.measure import paired_latency
 from .space import LatencyTarget, SearchSpace, plan_for, plan_key, plan_layers
@@ -108,6 +108,14 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu")
 
 
+def _calibration(data: DataBundle, plan: dict) -> torch.Tensor | None:
+    """The first 256 training images, normalized, when a layer's init is activation-aware."""
+    if not any(layer.init == "activation" for layer in plan.values()):
+        return None
+    images, _ = next(iterate_batches(data.train, data, 256, train=False))
+    return images
+
+
 def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
     """Ray Tune function trainable for one sampled configuration."""
     space = setup.space
@@ -116,7 +124,8 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     dense = build_model(space.model, data, **space.model_kwargs)
     plan = plan_for(space, dense, config, setup.budget, rank_multiple=setup.rank_multiple)
-    model = factorize(dense, plan, generator=torch.Generator().manual_seed(setup.seed)).to(device)
+    model = factorize(dense, plan, generator=torch.Generator().manual_seed(setup.seed),
+                      calibration=_calibration(data, plan)).to(device)
     data = data.to(device)  # once per trial; augmentation then draws on the device's generator
     train_config = space.train_config()
     if train_config.channels_last:

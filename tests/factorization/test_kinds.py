@@ -98,7 +98,7 @@ def toy_kind():
         attention = False
 
         @classmethod
-        def build(cls, module, layer, generator):
+        def build(cls, module, layer, generator, covariance=None):
             return ToySumLinear(module, layer.rank)
 
         @classmethod
