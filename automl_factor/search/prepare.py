@@ -82,7 +82,7 @@ def prepare(options: SearchOptions) -> Prepared:
     """Validate input, load the data and check the budget can be met; writes nothing.
     Bad input raises ``UsageError`` (the command line prints it as one line, exit 2)."""
     from ..factorization import count_params
-    from ..train import build_model, load
+    from ..train import build_model, load, load_weights
     from .space import group_layers, load_space, minimum_params
 
     space_path = resolve_space(options.space)
@@ -98,6 +98,10 @@ def prepare(options: SearchOptions) -> Prepared:
                     train_subset=space.data.train_subset, test_subset=space.data.test_subset,
                     download=space.data.download, seed=options.seed)
         dense = build_model(space.model, data, **space.model_kwargs)
+        if space.weights is not None:  # checked now, and made absolute: trials run in other folders
+            weights = str(Path(space.weights).expanduser().resolve())
+            load_weights(dense, weights)
+            space = space.model_copy(update={"weights": weights})
         group_layers(space, dense)
         smallest, budget = minimum_params(space, dense), options.budget_fraction * count_params(dense)
         if smallest > budget:

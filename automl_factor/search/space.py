@@ -93,7 +93,11 @@ class LatencyTarget(_Strict):
 
 
 class SearchSpace(_Strict):
+    """A search: the model (``model: NAME`` or ``model: {name: NAME, weights: FILE}`` to compress a
+    trained one), data, recipe, epochs, latency target and layer groups."""
+
     model: str = "resnet20"
+    weights: str | None = None  # a trained state dict: trials factorize its SVD and fine-tune
     model_kwargs: dict = {}
     data: DataOptions = DataOptions()
     recipe: TrainConfig = TrainConfig()  # the training recipe; its epochs come from max_epochs
@@ -101,6 +105,18 @@ class SearchSpace(_Strict):
     budget_use: tuple[float, float] = (0.1, 1.0)  # sampled log-uniform: small models are as likely as large
     latency: LatencyTarget = LatencyTarget()
     groups: list[LayerGroup] = [LayerGroup(name="all")]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_block(cls, raw):
+        """``model: {name, weights}`` is the same as ``model: name`` plus ``weights``."""
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+            block = dict(raw["model"])
+            unknown = sorted(set(block) - {"name", "weights"})
+            if unknown or "name" not in block:
+                raise ValueError(f"model block takes name and weights, got {sorted(block)}")
+            raw = {**raw, "model": block["name"], "weights": block.get("weights")}
+        return raw
 
     @model_validator(mode="after")
     def _check(self) -> "SearchSpace":

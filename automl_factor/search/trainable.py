@@ -21,8 +21,8 @@ import torch
 from ray import tune
 
 from ..factorization import collapse, count_params, factorize
-from ..train import (DataBundle, build_model, compile_seconds, count_flops, evaluate, iterate_batches, make_optimizer,
-                     make_schedule, steps_per_epoch, train_one_epoch)
+from ..train import (DataBundle, build_model, compile_seconds, count_flops, evaluate, iterate_batches, load_weights,
+                     make_optimizer, make_schedule, steps_per_epoch, train_one_epoch)
 from ..train.checkpoint import STATE_FILE, read_state, write_checkpoint
 from ..train.measure import paired_latency
 from .space import LatencyTarget, SearchSpace, plan_for, plan_key, plan_layers
@@ -123,6 +123,8 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
     device = _device()
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     dense = build_model(space.model, data, **space.model_kwargs)
+    if space.weights is not None:  # compressing a trained model: SI is the SVD of its trained weights
+        load_weights(dense, space.weights)
     plan = plan_for(space, dense, config, setup.budget, rank_multiple=setup.rank_multiple)
     model = factorize(dense, plan, generator=torch.Generator().manual_seed(setup.seed),
                       calibration=_calibration(data, plan)).to(device)
@@ -156,6 +158,10 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
         "flops_ratio": cost["flops"] / count_flops(dense, (1, *data.image_shape)),
         "plan_key": plan_key(plan),
     }
+    if space.weights is not None and first_epoch == 1:  # before any fine-tuning
+        fixed["zero_shot_accuracy"] = evaluate(model, data.val, data)
+    elif space.weights is not None:
+        fixed["zero_shot_accuracy"] = state.get("zero_shot_accuracy", float("nan"))
     trial_info = {"model": space.model, "model_kwargs": space.model_kwargs, "num_classes": data.num_classes,
                   "image_shape": list(data.image_shape), "mean": list(data.mean), "std": list(data.std),
                   "plan": {name: layer.model_dump() for name, layer in plan.items()}, "config": config}
@@ -171,5 +177,6 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
         with tempfile.TemporaryDirectory() as folder:
             write_checkpoint(folder, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "schedule": schedule.state_dict(), "generator": generator.get_state(),
-                                      "epoch": epoch}, trial_info)
+                                      "epoch": epoch, "zero_shot_accuracy": fixed.get("zero_shot_accuracy")},
+                             trial_info)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
