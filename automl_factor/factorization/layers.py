@@ -17,7 +17,7 @@ from .activation import whitened_spectral_factors
 from .spectral import spectral_factors
 
 __all__ = ["FactorizedModule", "FactorizedLayer", "FactorizedLinear", "FactorizedConv2d", "CONV_LAYOUTS",
-           "is_factorized", "pair_params"]
+           "is_factorized", "pair_params", "conv_matrix"]
 
 CONV_LAYOUTS = ("spatial", "channel")
 
@@ -47,6 +47,15 @@ class FactorizedModule(nn.Module):
 
 def is_factorized(module: nn.Module) -> bool:
     return isinstance(module, FactorizedModule)
+
+
+def conv_matrix(weight: torch.Tensor, layout: str) -> torch.Tensor:
+    """A conv kernel ``(c_out, c_in, kh, kw)`` as the matrix a factorized forward multiplies by:
+    ``spatial``, W[o,i,a,b] at row (o,a), column (i,b); ``channel``, row o, column (i,a,b)."""
+    c_out, c_in, kh, kw = weight.shape
+    if layout == "spatial":
+        return weight.permute(0, 2, 1, 3).reshape(c_out * kh, c_in * kw)
+    return weight.reshape(c_out, c_in * kh * kw)
 
 
 def _calibrated(init: str, covariance: torch.Tensor | None) -> torch.Tensor | None:
@@ -251,11 +260,8 @@ class FactorizedConv2d(FactorizedLayer):
         return layer
 
     def dense_matrix(self, weight: torch.Tensor) -> torch.Tensor:
-        """The kernel read exactly as the forward uses it (W[o,i,a,b] at row (o,a), column (i,b))."""
-        c_out, c_in, kh, kw = weight.shape
-        if self.layout == "spatial":
-            return weight.permute(0, 2, 1, 3).reshape(c_out * kh, c_in * kw)
-        return weight.reshape(c_out, c_in * kh * kw)
+        """The kernel read exactly as the forward uses it (``conv_matrix``)."""
+        return conv_matrix(weight, self.layout)
 
     def kernel_from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
         """Inverse of ``dense_matrix``."""

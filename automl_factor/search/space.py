@@ -9,6 +9,7 @@ relative ranks and how much of the budget to use, ``fit_to_budget`` scales the r
 from __future__ import annotations
 
 import fnmatch
+import statistics
 import hashlib
 import json
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..train import TrainConfig
 
 __all__ = ["SearchSpace", "LayerGroup", "DataOptions", "LatencyTarget", "load_space", "SpaceSampler",
            "paper_recipe_point", "plan_for", "plan_key", "plan_layers", "PlanKeys", "group_layers", "minimum_params",
-           "smallest_plan_params"]
+           "smallest_plan_params", "energy_point"]
 
 def _registered_kind(name: str) -> str:
     get_kind(name)  # an unknown name lists the registered ones
@@ -318,3 +319,35 @@ class PlanKeys:
 
     def __call__(self, config: dict) -> str:
         return plan_key(plan_for(self.space, self.dense, config, self.budget, rank_multiple=self.rank_multiple))
+
+
+def energy_point(space: SearchSpace, model: nn.Module, energy: float = 0.9) -> dict:
+    """A first proposal read from a trained model's spectra: each group's rank fraction is the one
+    that keeps ``energy`` of its layers' squared singular values (the median over its layers, in the
+    layout the paper point uses). Budget fitting then scales the groups together, so the proposal
+    keeps the spectrum's profile across stages, where the uniform ratio keeps the same fraction of
+    rank everywhere."""
+    import torch
+
+    from ..factorization.layers import conv_matrix
+
+    point = paper_recipe_point(space)
+    modules = dict(model.named_modules())
+    for group in space.groups:
+        low, high = group.rank_fraction
+        if point.get(f"{group.name}.kind", group.kinds[0]) != "lowrank" or low == high:
+            continue
+        layout = point.get(f"{group.name}.layout", group.layouts[0])
+        fractions = []
+        for layer in group_layers(space, model)[group.name]:
+            module = modules[layer]
+            if is_attention(module):
+                continue
+            weight = module.weight.detach().double()
+            matrix = conv_matrix(weight, layout) if weight.dim() == 4 else weight
+            squared = torch.linalg.svdvals(matrix).square()
+            kept = int((squared.cumsum(0) / squared.sum() < energy).sum()) + 1
+            fractions.append(kept / squared.numel())
+        if fractions:
+            point[f"{group.name}.rank_fraction"] = min(max(statistics.median(fractions), low), high)
+    return point

@@ -65,3 +65,29 @@ def test_missing_weights_and_another_architecture_are_refused(trained, tmp_path)
         lines = [line for line in completed.stderr.splitlines() if line.strip()]
         assert completed.returncode == 2 and len(lines) == 1 and needle in lines[0], completed.stderr[-2000:]
         assert not (tmp_path / "automl_runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_energy_prior_follows_each_stage_spectrum(trained) -> None:
+    """Layers whose trained kernels are nearly rank 2 get a small rank fraction, checked against numpy."""
+    import numpy as np
+
+    from automl_factor.search.space import SearchSpace, energy_point, group_layers
+
+    folder, _ = trained
+    space = SearchSpace.model_validate(compression_space("resnet20", str(folder / "r20.pt"), "digits"))
+    model = models.create("resnet20", num_classes=10, in_channels=1)
+    model.load_state_dict(torch.load(folder / "r20.pt", weights_only=True))
+    with torch.no_grad():  # layer1: rank-2 kernels (in the channel layout's c_out x c_in*9 reading)
+        for name in group_layers(space, model)["layer1"]:
+            weight = model.get_submodule(name).weight
+            u, s, vh = torch.linalg.svd(weight.reshape(weight.shape[0], -1), full_matrices=False)
+            weight.copy_(((u[:, :2] * s[:2]) @ vh[:2]).reshape(weight.shape))
+    point = energy_point(space, model, energy=0.9)
+    assert point["layer1.rank_fraction"] <= 2 / 16 + 1e-9
+    fractions = []
+    for name in group_layers(space, model)["layer3"]:
+        matrix = model.get_submodule(name).weight.detach().double().reshape(64, -1).numpy()
+        energy = np.cumsum(np.linalg.svd(matrix, compute_uv=False) ** 2)
+        fractions.append((np.searchsorted(energy / energy[-1], 0.9, side="left") + 1) / 64)
+    assert point["layer3.rank_fraction"] == pytest.approx(max(float(np.median(fractions)), 0.02))
+    assert point["budget_use"] == 1.0
