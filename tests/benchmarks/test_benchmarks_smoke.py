@@ -68,3 +68,12 @@ def test_search_median_format(search):
     assert search._med([0.45, 0.487, 0.468]) == "0.468 [0.450–0.487]"
     assert search._med([0.3], 100) == "30"
     assert search._med([float("nan")]) == "-"
+
+
+@pytest.mark.integration
+def test_compress_quick(tmp_path):
+    # uniform, energy prior, the compress search (2 trials) and scratch, on digits, one ratio, one seed.
+    run("compress.py", "--data", "digits", "--ratios", "0.3", "--out", str(tmp_path), timeout=900)
+    table = (tmp_path / "table.md").read_text()
+    for method in ("uniform", "energy", "search", "scratch"):
+        assert f"| 0.3 | {method} |" in table
