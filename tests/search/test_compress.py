@@ -91,3 +91,15 @@ def test_the_energy_prior_follows_each_stage_spectrum(trained) -> None:
         fractions.append((np.searchsorted(energy / energy[-1], 0.9, side="left") + 1) / 64)
     assert point["layer3.rank_fraction"] == pytest.approx(max(float(np.median(fractions)), 0.02))
     assert point["budget_use"] == 1.0
+
+
+def test_full_rank_svd_of_the_trained_model_reproduces_it(trained) -> None:
+    from automl_factor.factorization import factorize, uniform_plan
+    from automl_factor.train import load_weights
+
+    folder, _ = trained
+    data = load("digits", val_fraction=0.2)
+    model = load_weights(build_model("resnet20", data), folder / "r20.pt").eval()
+    full = factorize(model, uniform_plan(model, rank_scale=1.0, layout="channel")).eval()
+    images = data.test.images[:64].float() / 255
+    torch.testing.assert_close(full(images), model(images), rtol=1e-4, atol=1e-4)
