@@ -20,5 +20,5 @@ def run(options: SearchOptions) -> list[dict]:
 
     prepared = prepare(options)
     rows, noise = run_search(prepared)
-    print_front(rows, options.mlflow_uri, budget=options.budget_fraction, noise=noise)
+    print_front(rows, options.mlflow_uri, budget=options.budget_fraction, noise=noise, run_uri=prepared.run_uri)
     return rows

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         rows, noise = run_search(prepared)
     except UsageError as error:
         fail(str(error))
-    print_front(rows, options.mlflow_uri, budget=options.budget_fraction, noise=noise)
+    print_front(rows, options.mlflow_uri, budget=options.budget_fraction, noise=noise,
+                run_uri=prepared.run_uri)
     if rows and all(row["status"] == "failed" for row in rows):
         print(f"error: every trial failed; first reason: {rows[0]['reason']}", file=sys.stderr)
         return 1

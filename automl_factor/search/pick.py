@@ -36,8 +36,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 __all__ = ["DEFAULT_STORAGE", "PICKS", "Constraints", "PickError", "Search", "Pick", "search_names", "open_search",
-           "find_trial", "pick", "knee", "best", "plan_summary", "export_command", "add_constraint_options",
-           "constraints_from"]
+           "find_trial", "pick", "knee", "best", "plan_summary", "plan_label", "model_name", "export_command",
+           "python_command", "add_constraint_options", "constraints_from"]
 
 DEFAULT_STORAGE = "./automl_runs"
 TRIALS_TABLE = "trials.parquet"
@@ -327,7 +327,50 @@ def plan_summary(plan: str | dict | None) -> str:
     return " · ".join(parts)
 
 
-def _python() -> str:
+KIND_LABELS = {"lowrank": "lr", "deep": "deep", "overcomplete": "oc", "dense": "dense"}
+INIT_LABELS = {"spectral": "SI"}                 # default init: no label
+REGULARIZER_LABELS = {"fd": "FD", "wd": "WD"}    # none: no label
+
+
+def plan_label(plan: str | dict | None) -> str:
+    """A plan in a run name's few characters: factorized kinds (most used first), then init and
+    regularizer of the factorized layers, e.g. ``lr·SI+FD``, ``lr+deep·FD/WD``; ``SI~`` when only
+    some factorized layers are spectral. A plan with no factorized layer is ``dense``."""
+    if not plan:
+        return "?"
+    layers = [layer for layer in (json.loads(plan) if isinstance(plan, str) else plan).values()
+              if layer.get("kind") != "dense"]
+    if not layers:
+        return "dense"
+    counts: dict[str, int] = {}
+    for layer in layers:
+        counts[layer.get("kind", "?")] = counts.get(layer.get("kind", "?"), 0) + 1
+    kinds = "+".join(KIND_LABELS.get(kind, kind) for kind, _ in sorted(counts.items(), key=lambda item: -item[1]))
+    spectral = sum(layer.get("init") == "spectral" for layer in layers)
+    init = "" if spectral == 0 else ("SI" if spectral == len(layers) else "SI~")
+    regularizer = "/".join(sorted({REGULARIZER_LABELS[layer["regularizer"]] for layer in layers
+                                   if layer.get("regularizer") in REGULARIZER_LABELS}))
+    recipe = "+".join(part for part in (init, regularizer) if part)
+    return f"{kinds}·{recipe}" if recipe else kinds
+
+
+def model_name(row: dict, *, max_epochs: int | None = None) -> str:
+    """What a trial trained, for a run name: ``lr·SI+FD·p0.094·acc0.990·<trial id>``; a model on the
+    front starts with ``★``, one stopped early says at which epoch, a failed one says so."""
+    parts = [plan_label(row.get("plan"))]
+    if _number(row.get("params_ratio")) is not None:
+        parts.append(f"p{row['params_ratio']:.3f}")
+    if row.get("status") == "failed":
+        parts.append("failed")
+    elif _number(row.get("accuracy")) is not None:
+        parts.append(f"acc{row['accuracy']:.3f}")
+    if row.get("status") == "pruned":
+        parts.append(f"stopped@{row.get('epochs_trained')}" + (f"/{max_epochs}" if max_epochs else ""))
+    parts.append(str(row["trial_id"]))
+    return ("★ " if row.get("pareto") else "") + "·".join(parts)
+
+
+def python_command() -> str:
     """``python`` when that is this interpreter on PATH, else this interpreter's full path."""
     on_path = shutil.which("python")
     if on_path and Path(on_path).resolve() == Path(sys.executable).resolve():
@@ -338,7 +381,7 @@ def _python() -> str:
 def export_command(search: Search, row: dict, *, out: str | None = None, fmt: str = "torch") -> str:
     """The exact command that exports ``row`` of ``search``."""
     suffix = ".onnx" if fmt == "onnx" else ".pt2"
-    parts = [_python(), "-m", "automl_factor.export", "--name", search.name, "--trial", row["trial_id"]]
+    parts = [python_command(), "-m", "automl_factor.export", "--name", search.name, "--trial", row["trial_id"]]
     if search.storage != DEFAULT_STORAGE:
         parts += ["--storage-path", search.storage]
     if fmt != "torch":

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import sys
 import warnings
+from pathlib import Path
 
 # Checkpointing every epoch with num_to_keep=1 snapshots the experiment often; that is intended.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -23,17 +26,18 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from ..cli import UsageError
 from ..factorization import LayerPlan, factorize
-from ..train import build_model
+from ..train import build_model, load_weights
 from ..train.measure import paired_latency
 from .pareto import MODES, NAMES, OBJECTIVES
 from .schedulers import STATE_FILE as MOASHA_STATE_FILE
 from .schedulers import MultiObjectiveASHA
 from .searcher import FullBudgetOptunaSearch, make_sampler
-from .space import PlanKeys, SpaceSampler, paper_recipe_point, smallest_plan_params
-from .tracking import RunFolder, SearchTracker, pareto_rows, search_hypervolume
+from .space import PlanKeys, SpaceSampler, energy_point, paper_recipe_point, smallest_plan_params
+from .tracking import (FRONT_HTML, ChildRuns, RunFolder, SearchTracker, front_runs_path, pareto_rows,
+                       search_hypervolume)
 from .trainable import TrialSetup, start_cost_cache, train_trial, trial_dirname
 
-__all__ = ["run_search", "print_front", "STATE_FILE"]
+__all__ = ["run_search", "print_front", "browse_lines", "absolute_store", "STATE_FILE"]
 
 # Trials per GPU by default (4): measured on one H200, 5 processes sharing it gave 1.4x one alone with
 # the old eager step; packing pays once each trial is lean (issue 10; benchmarks/speed.py `share`).
@@ -68,6 +72,9 @@ def _parent_run(prepared, client: MlflowClient) -> tuple[str, str]:
         raise UsageError(f"a search named {prepared.name!r} already exists; pass --resume or another --name")
     experiment = client.get_experiment_by_name(options.experiment)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(options.experiment)
+    if experiment is None or "mlflow.experimentKind" not in experiment.tags:
+        # MLflow 3 opens an experiment of unknown kind on its GenAI overview; these are training runs.
+        client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
     parent = client.create_run(experiment_id, run_name=prepared.name, tags={"automl_factor.role": "search"})
     run_id = parent.info.run_id
     params = {key: str(value) for key, value in options.model_dump().items()}
@@ -99,7 +106,7 @@ def _scheduler(options, max_epochs: int, run_uri: str):
     return FIFOScheduler()
 
 
-def _searcher(prepared, rank_multiple: int) -> FullBudgetOptunaSearch:
+def _searcher(prepared, rank_multiple: int, child_runs: ChildRuns) -> FullBudgetOptunaSearch:
     options, space = prepared.options, prepared.space
     storage = None
     if "://" not in prepared.run_uri:  # a local folder: keep the study on disk, readable after the search
@@ -109,9 +116,21 @@ def _searcher(prepared, rank_multiple: int) -> FullBudgetOptunaSearch:
     return FullBudgetOptunaSearch(
         space=SpaceSampler(space, smallest_share=smallest_share), metric=list(NAMES), mode=list(MODES),
         plan_key=PlanKeys(space, dense, options.budget_fraction, rank_multiple),
-        points_to_evaluate=[paper_recipe_point(space)] if options.warm_start else None,
+        points_to_evaluate=_first_points(space, prepared.data) if options.warm_start else None,
         sampler=make_sampler(options.sampler, options.seed, startup_trials=max(4, min(10, options.num_samples // 4))),
-        storage=storage, study_name=prepared.name, max_epochs=space.max_epochs)
+        storage=storage, study_name=prepared.name, max_epochs=space.max_epochs, mlflow_run_id=child_runs)
+
+
+def _first_points(space, data) -> list[dict]:
+    """The proposals the search starts from: the paper's uniform ratio and, when compressing a trained
+    model, the ranks its spectra suggest (``energy_point``)."""
+    points = [paper_recipe_point(space)]
+    if space.weights is not None:
+        trained = load_weights(build_model(space.model, data, **space.model_kwargs), space.weights)
+        energy = energy_point(space, trained)
+        if energy != points[0]:
+            points.append(energy)
+    return points
 
 
 def trial_gpus(options) -> float:
@@ -156,7 +175,8 @@ def run_search(prepared) -> tuple[list[dict], dict]:
             else:
                 tuner = tune.Tuner(
                     trainable,
-                    tune_config=tune.TuneConfig(search_alg=_searcher(prepared, rank_multiple),
+                    tune_config=tune.TuneConfig(search_alg=_searcher(prepared, rank_multiple, ChildRuns(
+                                                options.mlflow_uri, experiment_id, parent_run_id)),
                                                 scheduler=_scheduler(options, space.max_epochs, prepared.run_uri),
                                                 num_samples=options.num_samples, max_concurrent_trials=options.max_concurrent,
                                                 time_budget_s=options.time_budget_s,
@@ -212,7 +232,45 @@ def _remeasure_front(prepared, tracker: SearchTracker) -> dict:
         tracker.finalize()
 
 
-def print_front(rows: list[dict], tracking_uri: str, *, budget: float = 1.0, noise: dict | None = None) -> None:
+def absolute_store(uri: str) -> str:
+    """A tracking URI that means the same from any folder: sqlite and file paths made absolute."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    if uri.startswith("file:"):
+        return Path(uri[len("file:"):].removeprefix("//")).resolve().as_uri()
+    if "://" not in uri:
+        return str(Path(uri).resolve())
+    return uri
+
+
+def browse_lines(tracking_uri: str, run_uri: str | None = None) -> list[str]:
+    """How to look at a search: the MLflow runs table filtered to its front (a link for a server;
+    for a local store, the command that serves it and the path to open), the interactive front,
+    and the Optuna study in optuna-dashboard."""
+    state = _read_state(run_uri) if run_uri else None
+    path = front_runs_path(state["experiment_id"], state["parent_run_id"]) if state else ""
+    if tracking_uri.startswith(("http://", "https://")):
+        lines = [f"Browse it:  {tracking_uri.rstrip('/')}{path}"]
+    else:
+        command = shlex.join([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                              absolute_store(tracking_uri)])
+        lines = [f"Browse it:  {command}",
+                 f"            then open http://127.0.0.1:5000{path}" + ("  (the front's runs)" if path else "")]
+    if run_uri:
+        if "://" not in run_uri:
+            lines.append(f"The front, interactive:  {Path(run_uri) / FRONT_HTML}")
+            installed = Path(sys.executable).with_name("optuna-dashboard")  # this environment's, if installed
+            dashboard = shlex.join([str(installed) if installed.exists() else "optuna-dashboard",
+                                    f"sqlite:///{Path(run_uri) / 'optuna.db'}"])
+            hint = "" if installed.exists() else "   (pip install -e '.[dashboard]' first)"
+            lines.append(f"The Optuna study:  {dashboard}{hint}")
+        else:
+            lines.append(f"The front, interactive:  {run_uri.rstrip('/')}/{FRONT_HTML}")
+    return lines
+
+
+def print_front(rows: list[dict], tracking_uri: str, *, budget: float = 1.0, noise: dict | None = None,
+                run_uri: str | None = None) -> None:
     """The Pareto table (objectives from ``pareto.OBJECTIVES``), latency noise, and how to browse it."""
     counts = {status: sum(row["status"] == status for row in rows) for status in ("complete", "pruned", "failed")}
     front = pareto_rows(rows)
@@ -240,6 +298,5 @@ def print_front(rows: list[dict], tracking_uri: str, *, budget: float = 1.0, noi
               f"{100 * noise.get('latency_spread_median_search', float('nan')):.1f}% during the search, "
               f"{100 * noise.get('latency_spread_median_remeasured', float('nan')):.1f}% re-measured after it "
               f"({noise.get('latency_remeasured_models', 0):.0f} models timed again)")
-    uri = tracking_uri
-    print(f"\nBrowse it:  mlflow ui --backend-store-uri {uri}" if not uri.startswith("http")
-          else f"\nBrowse it:  {uri}")
+    print()
+    print("\n".join(browse_lines(tracking_uri, run_uri)))

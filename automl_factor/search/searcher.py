@@ -9,6 +9,12 @@ ranks, a floor of rank 1). Training one plan twice wastes a trial and shows one 
 each proposal's plan key is computed here, on the driver, before a trial starts: a plan already
 trained is told to Optuna with its known values, a plan still training (or stopped early) as
 PRUNED with the user attribute ``duplicate_of``, and Optuna is asked again.
+
+For optuna-dashboard the study carries the objectives' names (``set_metric_names``) and each
+Optuna trial the user attributes ``ray_trial_id``, ``plan`` (the plan in a few words),
+``mlflow_run_id`` (when known) and ``accuracy_by_epoch``. Optuna refuses ``Trial.report`` in
+multi-objective studies (``NotImplementedError``), so the per-epoch accuracy is kept as that user
+attribute, a list growing by one value per epoch, instead of as intermediate values.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .options import SAMPLERS
 from .pareto import NAMES
+from .pick import plan_summary
 
 __all__ = ["FullBudgetOptunaSearch", "make_sampler", "SAMPLERS"]
 
@@ -34,11 +41,15 @@ class FullBudgetOptunaSearch(OptunaSearch):
 
     ``plan_key(config) -> str`` names the model a configuration trains; without it there is no
     deduplication. After ``max_retries`` duplicate proposals in a row the space is taken as
-    exhausted and the searcher says FINISHED.
+    exhausted and the searcher says FINISHED. ``mlflow_run_id(ray_trial_id) -> str | None``
+    (picklable: the searcher is saved with the experiment) links each Optuna trial to its run.
     """
 
     def __init__(self, *args, max_epochs: int, time_attr: str = "epoch",
-                 plan_key: Callable[[dict], str] | None = None, max_retries: int = 50, **kwargs):
+                 plan_key: Callable[[dict], str] | None = None, max_retries: int = 50,
+                 mlflow_run_id: Callable[[str], str | None] | None = None, **kwargs):
+        self._mlflow_run_id = mlflow_run_id
+        self._epoch_accuracies: dict[str, list[float]] = {}  # Ray trial id -> validation accuracy per epoch
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
         self._time_attr = time_attr
@@ -48,7 +59,44 @@ class FullBudgetOptunaSearch(OptunaSearch):
         self._trial_plans: dict[str, str] = {}  # trial id -> plan key
         self.duplicates = 0
 
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        if isinstance(self._metric, list):  # optuna-dashboard shows these instead of "Objective 0, 1, 2"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names(list(self._metric))
+
     def suggest(self, trial_id: str) -> dict | None:
+        config = self._suggest_new_plan(trial_id)
+        if isinstance(config, dict) and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._record_epoch(trial_id, result)
+
+    def _record_epoch(self, trial_id: str, result: dict | None) -> None:
+        """Per epoch: the accuracy so far; on the first result also the plan and the MLflow run.
+        (Ray hands a trial's last result to ``on_trial_complete`` only, so that calls this too.)"""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or not result or "accuracy" not in result:
+            return
+        # (setdefault on __dict__: a searcher pickled by an older version has no such attribute)
+        accuracies = self.__dict__.setdefault("_epoch_accuracies", {}).setdefault(trial_id, [])
+        epoch = int(result.get(self._time_attr, len(accuracies) + 1))
+        if epoch <= len(accuracies):  # already recorded
+            return
+        accuracies.append(float(result["accuracy"]))
+        ot_trial.set_user_attr("accuracy_by_epoch", [round(value, 6) for value in accuracies])
+        if len(accuracies) == 1:
+            if result.get("plan"):
+                ot_trial.set_user_attr("plan", plan_summary(result["plan"]))
+            lookup = getattr(self, "_mlflow_run_id", None)
+            run_id = lookup(trial_id) if lookup else None
+            if run_id:
+                ot_trial.set_user_attr("mlflow_run_id", run_id)
+
+    def _suggest_new_plan(self, trial_id: str) -> dict | None:
         if self._plan_key is None:
             return super().suggest(trial_id)
         for _ in range(self._max_retries):
@@ -75,6 +123,8 @@ class FullBudgetOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if not error:
+            self._record_epoch(trial_id, result)
         full = not error and result and result.get(self._time_attr, 0) >= self._max_epochs
         plan = self._plans.get(self._trial_plans.get(trial_id, ""))
         if plan is not None and plan["trial_id"] == trial_id:

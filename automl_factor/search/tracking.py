@@ -6,12 +6,19 @@ per trial (``mlflow.parentRunId``) with its config, per-epoch metrics, final obj
 trials finish, and at the end the tables and plots. The trial table is rewritten as each trial
 ends, so an interrupted search leaves everything up to that point. All state is rebuilt from
 MLflow and the table in ``setup``, so a resumed search neither loses nor duplicates runs.
+
+Made to read at a glance in the MLflow UI: a trial stopped early by the scheduler is a finished run
+(status FINISHED, tag ``early_stopped=true``), not a killed one; a trial's run is named after the
+model once it ends (``lr·SI+FD·p0.094·acc0.990·<trial id>``, ``★`` on the front; the stable key is
+the tag ``automl_factor.trial_id``); the parent run's description holds the front table and the
+export command, and its artifacts the interactive ``front.html``.
 """
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass
+from urllib.parse import quote, urlencode
 
 import matplotlib
 
@@ -25,13 +32,18 @@ from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 
-from .pareto import (NAMES, OBJECTIVES, hypervolume, hypervolume_matrix, nondominated,  # noqa: E402
-                     objective_matrix, tolerance_matrix)
+from .pareto import (NAMES, hypervolume, hypervolume_matrix, nondominated, objective_matrix,  # noqa: E402
+                     tolerance_matrix)
+from .pick import (Search, export_command, knee, model_name, plan_label, plan_summary,  # noqa: E402
+                   python_command)
+from .plots import front_html, front_pngs  # noqa: E402
 
-__all__ = ["SearchTracker", "RunFolder", "TRIAL_TAG", "pareto_rows", "front_mask", "unique_complete",
-           "search_hypervolume", "plan_markdown"]
+__all__ = ["SearchTracker", "RunFolder", "ChildRuns", "TRIAL_TAG", "FRONT_HTML", "pareto_rows", "front_mask",
+           "unique_complete", "search_hypervolume", "hypervolume_history", "plan_markdown", "front_runs_path",
+           "front_markdown"]
 
 TRIAL_TAG = "automl_factor.trial_id"
+FRONT_HTML = "front.html"  # next to pareto.parquet, and on the parent run
 EPOCH_METRICS = ("accuracy", "loss", "train_accuracy", "seconds")
 # The objectives first (what decides), then what is reported alongside (latency_ms never decides).
 FINAL_METRICS = tuple(dict.fromkeys((*NAMES, "test_accuracy", "latency_ratio_spread", "latency_ms",
@@ -57,6 +69,18 @@ class RunFolder:
         table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=_schema())
         pq.write_table(table, path + ".tmp", filesystem=filesystem)
         filesystem.move(path + ".tmp", path)  # readers never see a half-written table
+
+    def write_text(self, name: str, text: str) -> None:
+        filesystem, path = self._resolve(name)
+        filesystem.create_dir(path.rpartition("/")[0], recursive=True)
+        with filesystem.open_output_stream(path + ".tmp") as stream:
+            stream.write(text.encode())
+        filesystem.move(path + ".tmp", path)
+
+    def search(self, rows: list[dict]) -> Search:
+        """This folder as ``pick.Search`` (for export commands): storage is the folder above."""
+        storage, _, name = self.uri.rstrip("/").rpartition("/")
+        return Search(name=name, storage=storage, uri=self.uri, rows=rows)
 
     def read_table(self, name: str) -> list[dict]:
         filesystem, path = self._resolve(name)
@@ -97,6 +121,59 @@ def front_mask(rows: list[dict]) -> np.ndarray:
 def search_hypervolume(rows: list[dict], budget: float) -> float:
     """Hypervolume of all complete trials (not just the tagged front) in normalized coordinates."""
     return hypervolume(hypervolume_matrix(unique_complete(rows), budget))
+
+
+def hypervolume_history(rows: list[dict], budget: float) -> list[tuple[float, float]]:
+    """(seconds since the first trial started, hypervolume of the complete trials finished by then),
+    one point per finished trial."""
+    done = sorted((row for row in rows if row.get("finished_at")), key=lambda row: row["finished_at"])
+    if not done:
+        return []
+    start = min(row.get("started_at") or row["finished_at"] for row in done)
+    return [(row["finished_at"] - start, search_hypervolume(done[:index + 1], budget))
+            for index, row in enumerate(done)]
+
+
+def front_runs_path(experiment_id: str, parent_run_id: str) -> str:
+    """The MLflow UI's runs table (training runs, not the GenAI overview) filtered to the front of
+    one search, as the URL fragment after the server's address."""
+    query = urlencode({"workflowType": "machine_learning",
+                       "searchFilter": f"tags.pareto = 'true' and tags.mlflow.parentRunId = '{parent_run_id}'",
+                       "orderByKey": "metrics.`accuracy`", "orderByAsc": "false"}, quote_via=quote)
+    return f"/#/experiments/{experiment_id}/runs?{query}"
+
+
+def front_markdown(search: Search, rows: list[dict], *, budget: float, max_epochs: int,
+                   experiment_id: str | None = None, parent_run_id: str | None = None) -> str:
+    """The parent run's description: counts, the front as a table, and the commands that export
+    its knee, list it, and browse the Optuna study."""
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("complete", "pruned", "failed")}
+    front = pareto_rows(rows)
+    lines = [f"**Search `{search.name}`**: {len(rows)} trials, {counts['complete']} complete, {counts['pruned']} "
+             f"stopped early (finished runs tagged `early_stopped=true`), {counts['failed']} failed. "
+             f"**Front: {len(front)} models** (3-D: {', '.join(NAMES)}; in a 2-D view a front model may look "
+             f"dominated), hypervolume {search_hypervolume(rows, budget):.4f}.", ""]
+    if experiment_id and parent_run_id:
+        lines += [f"[The front in the runs table]({front_runs_path(experiment_id, parent_run_id)[1:]}) · "
+                  f"interactive plot: artifact `{FRONT_HTML}`", ""]
+    if front:
+        headers = ["trial", "model", "val acc", "params", "latency × dense", "test acc", "FLOPs", "plan"]
+        lines += ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+        for row in front:
+            test = row.get("test_accuracy")
+            lines.append(f"| {row['trial_id']} | {model_name(row, max_epochs=max_epochs)} | {row['accuracy']:.4f} | "
+                         f"{row['params_ratio']:.4f} | {row['latency_ratio']:.2f} | "
+                         f"{'-' if test is None or np.isnan(test) else f'{test:.4f}'} | {row['flops_ratio']:.3f} | "
+                         f"{plan_summary(row.get('plan'))} |")
+        chosen = knee(front)
+        lines += ["", f"Export the knee of the front (trial {chosen['trial_id']}):", "",
+                  f"    {export_command(search, chosen)}", "",
+                  "Every model with its export command:", "",
+                  f"    {python_command()} -m automl_factor.show {search.name} --storage-path {search.storage}"]
+    if "://" not in search.uri:
+        lines += ["", "The Optuna study (pip install optuna-dashboard):", "",
+                  f"    optuna-dashboard sqlite:///{search.uri}/optuna.db"]
+    return "\n".join(lines) + "\n"
 
 
 def plan_markdown(layers: list[dict]) -> str:
@@ -234,10 +311,12 @@ class SearchTracker(tune.Callback):
                                   "plan_layers.json")
         if checkpoint:
             self.client.set_tag(run_id, "checkpoint", checkpoint.path)
-        self.client.set_terminated(run_id, {"complete": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED"))
+        # Stopped early is a decision of the scheduler, not a failure: FINISHED, told apart by the tag.
+        self.client.update_run(run_id, name=model_name(row, max_epochs=self.max_epochs))
+        self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
         self._update_front()
         self.folder.write_table("trials.parquet", list(self.rows.values()))
-        self.log(self.progress_line(trials))
+        self.log(self.progress_line(trials, row))
 
     def _update_front(self, log_hypervolume: bool = True) -> None:
         """Re-tag ``pareto`` where membership changed (one row per plan) and step the parent's
@@ -249,6 +328,7 @@ class SearchTracker(tune.Callback):
             if row["pareto"] != member:
                 row["pareto"] = member
                 self.client.set_tag(row["mlflow_run_id"], "pareto", str(member).lower())
+                self.client.update_run(row["mlflow_run_id"], name=model_name(row, max_epochs=self.max_epochs))
         if log_hypervolume:
             self.client.log_metric(self.parent_run_id, "hypervolume", search_hypervolume(list(self.rows.values()),
                                                                                          self.budget),
@@ -284,7 +364,8 @@ class SearchTracker(tune.Callback):
                                search_hypervolume(list(self.rows.values()), self.budget))
         return noise
 
-    def progress_line(self, trials) -> str:
+    def progress_line(self, trials, row: dict | None = None) -> str:
+        """One line per finished trial: which trial, how it ended and its objectives, then the search."""
         counts = {status: sum(row["status"] == status for row in self.rows.values())
                   for status in ("complete", "pruned", "failed")}
         running = sum(t.status == "RUNNING" and t.trial_id not in self.rows for t in trials or [])
@@ -292,7 +373,8 @@ class SearchTracker(tune.Callback):
         best = (f"front {len(front)} models, best accuracy {front[0]['accuracy']:.3f} at params "
                 f"{front[0]['params_ratio']:.3f}, smallest {min(r['params_ratio'] for r in front):.3f}"
                 if front else "front empty")
-        return (f"[{time.time() - self.started:5.0f}s] {len(self.rows)}/{self.num_samples} finished: "
+        trial = f" | {_trial_summary(row, self.max_epochs)}" if row else ""
+        return (f"[{time.time() - self.started:5.0f}s] {len(self.rows)}/{self.num_samples} finished{trial} | "
                 f"{counts['complete']} complete, {counts['pruned']} stopped early, {counts['failed']} failed, "
                 f"{running} running | {best}")
 
@@ -308,28 +390,50 @@ class SearchTracker(tune.Callback):
         table = {"columns": columns, "data": [[row[c] for c in columns] for row in front]}
         self.client.log_dict(self.parent_run_id, table, "pareto.json")
         self.client.log_text(self.parent_run_id, _to_json(rows), "trials.json")
-        for name, figure in plot_fronts(rows).items():
+        search = self.folder.search(rows)
+        title = (f"search {search.name}: {len(front)} models on the front of {len(rows)} trials "
+                 f"(budget {self.budget:g} of the dense parameters)")
+        page = front_html(rows, budget=self.budget, hypervolume=hypervolume_history(rows, self.budget),
+                          export_command=lambda row: export_command(search, row), title=title,
+                          max_epochs=self.max_epochs)
+        self.folder.write_text(FRONT_HTML, page)
+        self.client.log_text(self.parent_run_id, page, FRONT_HTML)
+        for name, figure in front_pngs(rows, budget=self.budget, title=title).items():
             self.client.log_figure(self.parent_run_id, figure, name)
             plt.close(figure)
+        self.client.set_tag(self.parent_run_id, "mlflow.note.content",
+                            front_markdown(search, rows, budget=self.budget, max_epochs=self.max_epochs,
+                                           experiment_id=self.experiment_id, parent_run_id=self.parent_run_id))
 
 
-def plot_fronts(rows: list[dict]) -> dict:
-    """Accuracy against params and against latency; the front highlighted, early-stopped greyed."""
-    complete = unique_complete(rows)
-    figures = {}
-    for key, label in ((o.name, f"{o.name} ({o.unit})") for o in OBJECTIVES if o.name != "accuracy"):
-        figure, axes = plt.subplots(figsize=(6, 4))
-        for subset, style in ((complete, dict(color="tab:blue", alpha=0.5, label="complete")),
-                              ([r for r in complete if r["pareto"]], dict(color="tab:red", label="Pareto front"))):
-            if subset:
-                axes.scatter([r[key] for r in subset], [r["accuracy"] for r in subset], **style)
-        axes.set_xlabel(label)
-        axes.set_ylabel("validation accuracy")
-        axes.legend(loc="lower right")
-        axes.grid(alpha=0.3)
-        figure.tight_layout()
-        figures[f"accuracy_vs_{key.split('_')[0]}.png"] = figure
-    return figures
+class ChildRuns:
+    """The MLflow run id of a trial of one search, by Ray trial id (the searcher's link from an
+    Optuna trial to its run). Holds only strings, so it pickles with the searcher and still
+    answers after ``--resume``; asks MLflow once per trial and remembers."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str):
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self._known: dict[str, str] = {}
+
+    def __call__(self, trial_id: str) -> str | None:
+        if trial_id not in self._known:
+            wanted = f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
+            runs = MlflowClient(self.tracking_uri).search_runs([self.experiment_id], filter_string=wanted,
+                                                               max_results=1)
+            if not runs:
+                return None
+            self._known[trial_id] = runs[0].info.run_id
+        return self._known[trial_id]
+
+
+def _trial_summary(row: dict, max_epochs: int) -> str:
+    """``trial 67087d45 complete: acc 0.9900 params 0.0940 latency 0.81× (lr·SI+FD)``."""
+    how = {"complete": "complete", "failed": "failed",
+           "pruned": f"stopped early at epoch {row['epochs_trained']}/{max_epochs}"}[row["status"]]
+    formats = {"accuracy": "acc {:.4f}", "params_ratio": "params {:.4f}", "latency_ratio": "latency {:.2f}×"}
+    values = " ".join(formats.get(name, name + " {:.4g}").format(row[name])
+                      for name in NAMES if row.get(name) is not None and np.isfinite(row[name]))
+    return f"trial {row['trial_id']} {how}: {values or 'no metrics'} ({plan_label(row.get('plan'))})"
 
 
 def _to_json(rows: list[dict]) -> str:

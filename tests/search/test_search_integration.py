@@ -49,10 +49,13 @@ def _rows(folder: Path) -> list[dict]:
 
 
 def test_prints_progress_front_and_browse_command(search):
-    _, completed = search
+    folder, completed = search
     assert f"{NUM_SAMPLES}/{NUM_SAMPLES} finished" in completed.stdout
     assert "Pareto front:" in completed.stdout
-    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in completed.stdout
+    # This interpreter's mlflow and the absolute store, so the command works from any folder.
+    assert f"{sys.executable} -m mlflow ui --backend-store-uri sqlite:///{folder / 'mlflow.db'}" in completed.stdout
+    assert "then open http://127.0.0.1:5000/#/experiments/" in completed.stdout
+    assert (folder / "automl_runs" / "it" / "front.html").is_file()
 
 
 def test_parquet_table_is_complete_and_within_budget(search):
@@ -87,7 +90,7 @@ def test_mlflow_parent_children_and_pareto_tags(search):
     assert len(history) == NUM_SAMPLES and history[-1].value > 0
     assert parent.data.metrics["latency_spread_median_remeasured"] >= 0
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id)}
-    assert {"space.yaml", "pareto.json", "accuracy_vs_params.png", "accuracy_vs_latency.png"} <= artifacts
+    assert {"space.yaml", "pareto.json", "front.html", "accuracy_vs_params.png", "accuracy_vs_latency.png"} <= artifacts
     table = json.loads((Path(client.download_artifacts(parent.info.run_id, "pareto.json"))).read_text())
     front_ids = [run.data.tags["automl_factor.trial_id"] for run in children if run.data.tags["pareto"] == "true"]
     assert len(table["data"]) == len(front_ids)  # logged once, not appended to

@@ -80,6 +80,35 @@ def test_exhausted_space_finishes_cleanly():
     assert searcher.duplicates == 5
 
 
+class RunIds:
+    """Stands in for tracking.ChildRuns (which asks MLflow): picklable, answers by Ray trial id."""
+
+    def __call__(self, trial_id: str) -> str:
+        return f"run-of-{trial_id}"
+
+
+def test_optuna_dashboard_sees_names_runs_plans_and_epochs(plan_keys, tmp_path):
+    searcher = _searcher(plan_keys, mlflow_run_id=RunIds())
+    assert searcher.study.metric_names == ["accuracy", "params_ratio", "latency_ratio"]
+    plan = '{"layer1.0.conv1": {"kind": "lowrank", "init": "spectral", "regularizer": "fd"}}'
+    for trial_id, last_epoch in (("full", EPOCHS), ("stopped", 1)):
+        searcher.suggest(trial_id)
+        for epoch in range(1, last_epoch):
+            searcher.on_trial_result(trial_id, {"epoch": epoch, "accuracy": 0.1 * epoch, "plan": plan})
+        # Ray hands a trial's last result to on_trial_complete only.
+        searcher.on_trial_complete(trial_id, {"epoch": last_epoch, "accuracy": 0.1 * last_epoch, "plan": plan,
+                                              "params_ratio": 0.05, "latency_ratio": 1.0})
+    trials = {trial.user_attrs["ray_trial_id"]: trial for trial in searcher.study.trials}
+    assert trials["full"].state == optuna.trial.TrialState.COMPLETE
+    assert trials["stopped"].state == optuna.trial.TrialState.PRUNED
+    for trial_id, epochs in (("full", EPOCHS), ("stopped", 1)):
+        attrs = trials[trial_id].user_attrs
+        assert attrs["mlflow_run_id"] == f"run-of-{trial_id}"
+        assert attrs["plan"] == "lowrank×1 · spectral · fd"
+        assert attrs["accuracy_by_epoch"] == pytest.approx([0.1 * epoch for epoch in range(1, epochs + 1)])
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Ray saves the searcher with the experiment
+
+
 def constant_trial(config):
     for epoch in range(1, EPOCHS + 1):
         tune.report({"epoch": epoch, "accuracy": 0.5, "params_ratio": 0.05, "latency_ratio": 1.0,
