@@ -47,7 +47,9 @@ FRONT_HTML = "front.html"  # next to pareto.parquet, and on the parent run
 EPOCH_METRICS = ("accuracy", "loss", "train_accuracy", "seconds")
 # The objectives first (what decides), then what is reported alongside (latency_ms never decides).
 FINAL_METRICS = tuple(dict.fromkeys((*NAMES, "test_accuracy", "latency_ratio_spread", "latency_ms",
-                                     "dense_latency_ms", "flops_ratio", "params")))
+                                     "dense_latency_ms", "flops_ratio", "params",
+                                     "zero_shot_accuracy",  # compressing a trained model: before fine-tuning
+                                     "compile_seconds")))
 COLUMNS = ["trial_id", "mlflow_run_id", "status", "reason", "early_stopped", "pareto", "plan_key", "epochs_trained",
            *FINAL_METRICS, "latency_remeasured", "training_seconds", "wall_seconds", "started_at", "finished_at",
            "config", "plan", "plan_layers", "checkpoint"]
