@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where to train (default: cuda when a GPU is visible, else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed for init, data split and augmentation")
+    parser.add_argument("--mlflow-uri", default=None,
+                        help="also log the run (settings, results, and the --out folder) to this MLflow tracking URI "
+                             "(default: no MLflow)")
+    parser.add_argument("--experiment", default="automl-factor", help="MLflow experiment, with --mlflow-uri")
     parser.add_argument("--out", default=None, metavar="FOLDER",
                         help="save the trained model in this folder (created), for python -m automl_factor.export "
                              "--checkpoint FOLDER (default: save nothing)")
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             model = factorize(dense, plan)
     except ValueError as error:
         fail(str(error))
+    tracking = _mlflow_client(args.mlflow_uri) if args.mlflow_uri else None  # checked before training
     dense_params = count_params(dense)
     print(f"{args.model} on {args.dataset}: {len(data.train.labels)} train images, "
           f"{count_params(model):,} of {dense_params:,} params after collapse "
@@ -136,14 +141,51 @@ def main(argv: list[str] | None = None) -> None:
     print(f"params ratio   {count_params(model) / dense_params:.4f}  ({count_params(model):,} / {dense_params:,})")
     print(f"FLOPs ratio    {flops / dense_flops:.4f}  ({flops:,} / {dense_flops:,} per image)")
     print(f"latency        {latency:.3f} ms vs dense {dense_latency:.3f} ms (batch 1, 1 thread, collapsed)")
+    metrics = {"accuracy": history[-1]["accuracy"] if data.val is not None and history else None,
+               "test_accuracy": test_accuracy, "params": count_params(model),
+               "params_ratio": count_params(model) / dense_params, "flops_ratio": flops / dense_flops,
+               "latency_ratio": latency / dense_latency, "latency_ms": latency, "dense_latency_ms": dense_latency,
+               "epochs_trained": config.epochs}
     if args.out is not None:
-        save_trained(args, model, data, plan, command=sys.argv[1:] if argv is None else argv, metrics={
-            "accuracy": history[-1]["accuracy"] if data.val is not None and history else None,
-            "test_accuracy": test_accuracy, "params": count_params(model),
-            "params_ratio": count_params(model) / dense_params, "flops_ratio": flops / dense_flops,
-            "latency_ratio": latency / dense_latency, "latency_ms": latency, "dense_latency_ms": dense_latency,
-            "epochs_trained": config.epochs})
+        save_trained(args, model, data, plan, command=sys.argv[1:] if argv is None else argv, metrics=metrics)
         print(f"saved          {args.out}  (export it: python -m automl_factor.export --checkpoint {args.out})")
+    if tracking is not None:
+        run_id = _log_run(tracking, args, metrics, history)
+        print(f"MLflow run     {run_id} in experiment {args.experiment!r} at {args.mlflow_uri}")
+
+
+def _mlflow_client(uri: str):
+    """An MLflow client for ``--mlflow-uri``, checked by one call before any training (MLflow is
+    imported only by this command line, on request)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - any unreachable store gets the same one-line answer
+        fail(f"--mlflow-uri {uri!r} is unusable ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+    return client
+
+
+def _log_run(client, args, metrics: dict, history: list[dict]) -> str:
+    """One MLflow run: the command's settings, per-epoch and final metrics, and the saved model."""
+    experiment = client.get_experiment_by_name(args.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(args.experiment)
+    name = (f"train·{args.model}·{'dense' if args.dense else args.kind}·p{metrics['params_ratio']:.3f}"
+            f"·acc{metrics['test_accuracy']:.3f}")
+    run_id = client.create_run(experiment_id, run_name=name, tags={"automl_factor.role": "train"}).info.run_id
+    for key, value in sorted(vars(args).items()):
+        client.log_param(run_id, key, str(value))
+    for epoch, row in enumerate(history, start=1):
+        for key in ("loss", "train_accuracy", "accuracy"):
+            client.log_metric(run_id, "eval_accuracy" if key == "accuracy" else key, row[key], step=epoch)
+    for key, value in metrics.items():
+        if value is not None:
+            client.log_metric(run_id, key, float(value))
+    if args.out is not None:
+        client.log_artifacts(run_id, args.out, "model")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def save_trained(args, model, data, plan: dict, *, command: list[str], metrics: dict) -> None:
