@@ -14,6 +14,9 @@ from pathlib import Path
 
 # Checkpointing every epoch with num_to_keep=1 snapshots the experiment often; that is intended.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Ray Tune's newer console output prints its own banner and paths even at verbose=0; the search
+# prints its progress itself, so it asks for the reporter that stays quiet at verbose=0.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import mlflow
 import optuna
@@ -108,6 +111,7 @@ def _scheduler(options, max_epochs: int, run_uri: str):
 
 def _searcher(prepared, rank_multiple: int, child_runs: ChildRuns) -> FullBudgetOptunaSearch:
     options, space = prepared.options, prepared.space
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search prints its own progress
     storage = None
     if "://" not in prepared.run_uri:  # a local folder: keep the study on disk, readable after the search
         storage = optuna.storages.RDBStorage(f"sqlite:///{prepared.run_uri}/optuna.db")
@@ -144,6 +148,7 @@ def trial_gpus(options) -> float:
 def run_search(prepared) -> tuple[list[dict], dict]:
     """Run (or resume) the search; return the trial rows and the latency noise summary."""
     options, space = prepared.options, prepared.space
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store setup lines; the search prints its own
     mlflow.set_tracking_uri(options.mlflow_uri)
     client = MlflowClient(options.mlflow_uri)
     experiment_id, parent_run_id = _parent_run(prepared, client)
