@@ -229,7 +229,8 @@ def check_status(source: Source, force: bool) -> None:
     epochs, full = source.metrics.get("epochs_trained"), _full_epochs(source)
     trained = f" after {epochs:.0f}{f' of {full}' if full else ''} epochs" if epochs else ""
     what = {"pruned": f"was stopped early by the scheduler{trained}",
-            "failed": "failed", "running": "has not finished"}.get(source.status, f"has status {source.status!r}")
+            "failed": "failed", "running": "has not finished",
+            "interrupted": f"was interrupted{trained} (--resume the search to finish it)"}.get(source.status, f"has status {source.status!r}")
     message = (f"{source.label} {what} (validation accuracy "
                f"{'unknown' if accuracy is None else f'{accuracy:.4f}'}, test accuracy "
                f"{'never measured' if test is None else f'{test:.4f}'}): not a fully trained model")

@@ -59,8 +59,8 @@ def _objective_columns() -> list[tuple[str, Callable[[dict], str]]]:
 def _status(row: dict, max_epochs: int | None) -> str:
     if row["status"] == "complete":
         return "front" if row.get("pareto") else "complete"
-    if row["status"] == "pruned":
-        return f"stopped early ({row.get('epochs_trained')}{f'/{max_epochs}' if max_epochs else ''} epochs)"
+    if row["status"] in ("pruned", "interrupted"):
+        return f"{'stopped early' if row['status'] == 'pruned' else 'interrupted'} ({row.get('epochs_trained')}{f'/{max_epochs}' if max_epochs else ''} epochs)"
     return row["status"]
 
 
@@ -87,11 +87,12 @@ def format_table(search: Search, rows: list[dict], *, chosen: set[str] = frozens
 
 def _summary(search: Search) -> str:
     counts = {status: sum(row["status"] == status for row in search.rows)
-              for status in ("complete", "pruned", "failed")}
+              for status in ("complete", "pruned", "failed", "interrupted")}
     total = f" of {search.num_samples}" if search.num_samples else ""
+    interrupted = f", {counts['interrupted']} interrupted" if counts["interrupted"] else ""
     state = "finished" if search.finished else "running or interrupted (the table grows as trials end)"
     return (f"search {search.name} ({search.uri}): {len(search.rows)}{total} trials done, {counts['complete']} "
-            f"complete, {counts['pruned']} stopped early, {counts['failed']} failed; {state}")
+            f"complete, {counts['pruned']} stopped early, {counts['failed']} failed{interrupted}; {state}")
 
 
 def _describe(chosen: Pick) -> str:

@@ -20,5 +20,6 @@ def run(options: SearchOptions) -> list[dict]:
 
     prepared = prepare(options)
     rows, noise = run_search(prepared)
+    options = prepared.options  # with --resume: the saved settings
     print_front(rows, options.mlflow_uri, budget=options.budget_fraction, noise=noise, run_uri=prepared.run_uri)
     return rows

@@ -7,6 +7,7 @@ MLflow in ./mlflow.db and results under ./automl_runs/.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from pydantic import ValidationError
@@ -77,22 +78,28 @@ def parse_args(argv: list[str] | None = None) -> SearchOptions:
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     try:
-        prepared = prepare(options)  # validates everything, writes nothing
-        from .run import print_front, run_search
+        prepared = prepare(options)  # validates everything, writes nothing; --resume: the saved settings
+        from .run import print_front, run_search, search_outcome
 
         rows, noise = run_search(prepared)
     except UsageError as error:
         fail(str(error))
-    print_front(rows, options.mlflow_uri, budget=options.budget_fraction, noise=noise,
-                run_uri=prepared.run_uri)
-    if rows and all(row["status"] == "failed" for row in rows):
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the trials started
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    options = prepared.options
+    print_front(rows, options.mlflow_uri, budget=options.budget_fraction, noise=noise, run_uri=prepared.run_uri)
+    outcome = search_outcome(rows)
+    if outcome == "failed":
         print(f"error: every trial failed; first reason: {rows[0]['reason']}", file=sys.stderr)
         return 1
-    if len(rows) < options.num_samples and options.time_budget_s is None:
-        print(f"\nStopped after {len(rows)} of {options.num_samples} trials. Continue with:\n"
-              f"  python -m automl_factor.search --resume --name {prepared.name} "
-              f"--storage-path {options.storage_path} --mlflow-uri {options.mlflow_uri}")
-    return 0
+    if outcome in ("interrupted", "out_of_time"):
+        left = sum(row["status"] == "interrupted" for row in rows)
+        why = "Interrupted" if outcome == "interrupted" else "The time budget ran out"
+        command = shlex.join([sys.executable, "-m", "automl_factor.search", "--resume", "--name", prepared.name,
+                              "--storage-path", options.storage_path])
+        print(f"\n{why} with {left} trial(s) unfinished. Continue the same search with:\n  {command}")
+    return 130 if outcome == "interrupted" else 0  # 130: as a shell reports a Ctrl-C
 
 
 if __name__ == "__main__":

@@ -364,8 +364,8 @@ def model_name(row: dict, *, max_epochs: int | None = None) -> str:
         parts.append("failed")
     elif _number(row.get("accuracy")) is not None:
         parts.append(f"acc{row['accuracy']:.3f}")
-    if row.get("status") == "pruned":
-        parts.append(f"stopped@{row.get('epochs_trained')}" + (f"/{max_epochs}" if max_epochs else ""))
+    if row.get("status") in ("pruned", "interrupted"):
+        parts.append(f"{'stopped' if row['status'] == 'pruned' else 'interrupted'}@{row.get('epochs_trained')}" + (f"/{max_epochs}" if max_epochs else ""))
     parts.append(str(row["trial_id"]))
     return ("★ " if row.get("pareto") else "") + "·".join(parts)
 

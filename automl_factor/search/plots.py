@@ -49,7 +49,7 @@ LABEL_PLACES = (("top center", (0, 8)), ("bottom center", (0, -14)), ("middle ri
 def status_of(row: dict) -> str:
     if row["status"] == "complete":
         return "front" if row.get("pareto") else "complete"
-    return "stopped early" if row["status"] == "pruned" else "failed"
+    return {"pruned": "stopped early", "interrupted": "interrupted"}.get(row["status"], "failed")
 
 
 def _accuracy() -> Objective:

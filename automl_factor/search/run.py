@@ -32,11 +32,12 @@ from ..factorization import LayerPlan, factorize
 from ..train import build_model, load_weights
 from ..train.measure import paired_latency
 from .pareto import MODES, NAMES, OBJECTIVES
+from .saved import STATE_FILE, absolute_store, read_state, saved_form, write_state
 from .schedulers import STATE_FILE as MOASHA_STATE_FILE
 from .schedulers import MultiObjectiveASHA
 from .searcher import FullBudgetOptunaSearch, make_sampler
 from .space import PlanKeys, SpaceSampler, energy_point, paper_recipe_point, smallest_plan_params
-from .tracking import (FRONT_HTML, ChildRuns, RunFolder, SearchTracker, front_runs_path, pareto_rows,
+from .tracking import (FRONT_HTML, TIME_BUDGET_REASON, ChildRuns, RunFolder, SearchTracker, front_runs_path, pareto_rows,
                        search_hypervolume)
 from .trainable import TrialSetup, start_cost_cache, train_trial, trial_dirname
 
@@ -45,31 +46,17 @@ __all__ = ["run_search", "print_front", "browse_lines", "absolute_store", "STATE
 # Trials per GPU by default (4): measured on one H200, 5 processes sharing it gave 1.4x one alone with
 # the old eager step; packing pays once each trial is lean (issue 10; benchmarks/speed.py `share`).
 DEFAULT_GPU_SHARE = 0.25
-STATE_FILE = "search.json"  # parent run id and the arguments, for --resume and export
-
-
-def _read_state(run_uri: str) -> dict | None:
-    filesystem, path = pafs.FileSystem.from_uri(run_uri)
-    if filesystem.get_file_info(f"{path}/{STATE_FILE}").type == pafs.FileType.NotFound:
-        return None
-    with filesystem.open_input_stream(f"{path}/{STATE_FILE}") as stream:
-        return json.loads(stream.read())
-
-
-def _write_state(run_uri: str, state: dict) -> None:
-    filesystem, path = pafs.FileSystem.from_uri(run_uri)
-    filesystem.create_dir(path, recursive=True)
-    with filesystem.open_output_stream(f"{path}/{STATE_FILE}") as stream:
-        stream.write(json.dumps(state, indent=1).encode())
 
 
 def _parent_run(prepared, client: MlflowClient) -> tuple[str, str]:
     """(experiment id, parent run id): created for a new search, read back for --resume."""
     options = prepared.options
-    state = _read_state(prepared.run_uri)
+    state = read_state(prepared.run_uri)
     if options.resume:
         if state is None:
             raise UsageError(f"--resume: no search named {prepared.name!r} under {options.storage_path!r}")
+        client.update_run(state["parent_run_id"], status="RUNNING")  # until this attempt says otherwise
+        client.set_tag(state["parent_run_id"], "automl_factor.status", "running")
         return state["experiment_id"], state["parent_run_id"]
     if state is not None:
         raise UsageError(f"a search named {prepared.name!r} already exists; pass --resume or another --name")
@@ -89,8 +76,8 @@ def _parent_run(prepared, client: MlflowClient) -> tuple[str, str]:
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
     client.log_text(run_id, prepared.space_text, "space.yaml")
-    _write_state(prepared.run_uri, {"experiment_id": experiment_id, "parent_run_id": run_id,
-                                    "tracking_uri": options.mlflow_uri, "options": options.model_dump()})
+    write_state(prepared.run_uri, {"experiment_id": experiment_id, "parent_run_id": run_id,
+                                   "tracking_uri": absolute_store(options.mlflow_uri), "options": saved_form(options)})
     return experiment_id, run_id
 
 
@@ -164,7 +151,8 @@ def run_search(prepared) -> tuple[list[dict], dict]:
     cost_cache = start_cost_cache()  # noqa: F841 - held so the actor lives as long as the search
     tracker = SearchTracker(tracking_uri=options.mlflow_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
                             folder=RunFolder(prepared.run_uri), max_epochs=space.max_epochs,
-                            num_samples=options.num_samples, budget=options.budget_fraction, finalize_on_end=False)
+                            num_samples=options.num_samples, budget=options.budget_fraction, finalize_on_end=False,
+                            time_budget_s=options.time_budget_s)
     gpus_per_trial = trial_gpus(options)
     rank_multiple = 8 if gpus_per_trial > 0 else 1  # GPU matrix units work in tiles of 8 channels
     setup = TrialSetup(space=space, budget=options.budget_fraction, seed=options.seed, rank_multiple=rank_multiple)
@@ -175,9 +163,10 @@ def run_search(prepared) -> tuple[list[dict], dict]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if options.resume:
-                tuner = tune.Tuner.restore(prepared.run_uri, trainable, resume_unfinished=True, resume_errored=True)
-            else:
+            if options.resume and tune.Tuner.can_restore(prepared.run_uri):
+                # Errored trials stay failed: a diverged or twice-crashed trial would only fail again.
+                tuner = tune.Tuner.restore(prepared.run_uri, trainable, resume_unfinished=True, resume_errored=False)
+            else:  # a new search, or one stopped before Ray saved any state: start it (again)
                 tuner = tune.Tuner(
                     trainable,
                     tune_config=tune.TuneConfig(search_alg=_searcher(prepared, rank_multiple, ChildRuns(
@@ -192,13 +181,59 @@ def run_search(prepared) -> tuple[list[dict], dict]:
                                               checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                               failure_config=tune.FailureConfig(max_failures=1)))
             tuner.fit()
+    except BaseException as error:
+        client.set_terminated(parent_run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
     finally:
         if started_ray:
             ray.shutdown()
-    noise = _remeasure_front(prepared, tracker)
     rows = RunFolder(prepared.run_uri).read_table("trials.parquet")
-    client.set_terminated(parent_run_id, "FINISHED")
+    interrupted = search_outcome(rows) == "interrupted"
+    noise = {} if interrupted else _remeasure_front(prepared, tracker)
+    if interrupted:
+        _finalize(prepared, tracker)
+    rows = RunFolder(prepared.run_uri).read_table("trials.parquet")
+    _fail_unrun_optuna_trials(prepared, rows)
+    outcome = search_outcome(rows)
+    client.set_tag(parent_run_id, "automl_factor.status", outcome)
+    client.set_terminated(parent_run_id, {"interrupted": "KILLED", "failed": "FAILED"}.get(outcome, "FINISHED"))
     return rows, noise
+
+
+def search_outcome(rows: list[dict]) -> str:
+    """How a search attempt ended: ``interrupted`` (Ctrl-C or a crash left trials to continue with
+    --resume), ``out_of_time`` (the same, by --time-budget-s), ``failed`` (every trial failed) or
+    ``finished``."""
+    cut = [row for row in rows if row["status"] == "interrupted"]
+    if cut:
+        return "out_of_time" if all(row["reason"].startswith(TIME_BUDGET_REASON) for row in cut) else "interrupted"
+    if rows and all(row["status"] == "failed" for row in rows):
+        return "failed"
+    return "finished"
+
+
+def _finalize(prepared, tracker: SearchTracker) -> None:
+    """Tables and plots as the interrupted search left them (no re-measuring: the user is waiting)."""
+    tracker = SearchTracker(tracking_uri=tracker.tracking_uri, experiment_id=tracker.experiment_id,
+                            parent_run_id=tracker.parent_run_id, folder=tracker.folder, max_epochs=tracker.max_epochs,
+                            num_samples=tracker.num_samples, budget=tracker.budget)
+    tracker.setup()
+    tracker.finalize()
+
+
+def _fail_unrun_optuna_trials(prepared, rows: list[dict]) -> None:
+    """Optuna trials asked for but never run (the driver stopped between asking and starting the
+    trial) would stay RUNNING forever: tell them FAIL. Those of interrupted trials stay RUNNING,
+    for --resume to complete. Only a study kept on disk (local storage) outlives the driver."""
+    if "://" in prepared.run_uri or not os.path.exists(f"{prepared.run_uri}/optuna.db"):
+        return
+    waiting = {row["trial_id"] for row in rows if row["status"] == "interrupted"}
+    storage = optuna.storages.RDBStorage(f"sqlite:///{prepared.run_uri}/optuna.db")
+    study = optuna.load_study(study_name=prepared.name, storage=storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get("ray_trial_id") not in waiting:
+            storage.set_trial_user_attr(trial._trial_id, "reason", "asked for but never run: the driver stopped")
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _remeasure_front(prepared, tracker: SearchTracker) -> dict:
@@ -237,22 +272,11 @@ def _remeasure_front(prepared, tracker: SearchTracker) -> dict:
         tracker.finalize()
 
 
-def absolute_store(uri: str) -> str:
-    """A tracking URI that means the same from any folder: sqlite and file paths made absolute."""
-    if uri.startswith("sqlite:///"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    if uri.startswith("file:"):
-        return Path(uri[len("file:"):].removeprefix("//")).resolve().as_uri()
-    if "://" not in uri:
-        return str(Path(uri).resolve())
-    return uri
-
-
 def browse_lines(tracking_uri: str, run_uri: str | None = None) -> list[str]:
     """How to look at a search: the MLflow runs table filtered to its front (a link for a server;
     for a local store, the command that serves it and the path to open), the interactive front,
     and the Optuna study in optuna-dashboard."""
-    state = _read_state(run_uri) if run_uri else None
+    state = read_state(run_uri) if run_uri else None
     path = front_runs_path(state["experiment_id"], state["parent_run_id"]) if state else ""
     if tracking_uri.startswith(("http://", "https://")):
         lines = [f"Browse it:  {tracking_uri.rstrip('/')}{path}"]
@@ -277,10 +301,11 @@ def browse_lines(tracking_uri: str, run_uri: str | None = None) -> list[str]:
 def print_front(rows: list[dict], tracking_uri: str, *, budget: float = 1.0, noise: dict | None = None,
                 run_uri: str | None = None) -> None:
     """The Pareto table (objectives from ``pareto.OBJECTIVES``), latency noise, and how to browse it."""
-    counts = {status: sum(row["status"] == status for row in rows) for status in ("complete", "pruned", "failed")}
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("complete", "pruned", "failed", "interrupted")}
     front = pareto_rows(rows)
     print(f"\nPareto front: {len(front)} models ({len(rows)} trials: {counts['complete']} complete, "
-          f"{counts['pruned']} stopped early, {counts['failed']} failed)")
+          f"{counts['pruned']} stopped early, {counts['failed']} failed"
+          + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "") + ")")
     headers = {"accuracy": "val acc", "params_ratio": "params", "latency_ratio": "latency x dense"}
     print(f"{'trial':>12} " + " ".join(f"{headers.get(name, name):>15}" for name in NAMES)
           + f" {'test acc':>8} {'latency ms':>10} {'FLOPs':>6}  MLflow run")

@@ -83,8 +83,8 @@ class MultiObjectiveASHA(FIFOScheduler):
         self._load()
         if trial.trial_id in self.stopped:  # stopped before an interruption: stays stopped
             return TrialScheduler.STOP
-        if self._time_attr not in result or any(name not in result for name in NAMES):
-            return TrialScheduler.CONTINUE
+        if self._time_attr not in result or any(name not in result for name in NAMES) or FAILED_REASON in result:
+            return TrialScheduler.CONTINUE  # (a trial that failed ends itself; its result ranks nothing)
         if result[self._time_attr] >= self._max_t:
             return TrialScheduler.STOP
         recorded = {key: float(result[key]) for key in _KEYS if result.get(key) is not None}

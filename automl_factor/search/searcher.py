@@ -29,6 +29,7 @@ from ray.tune.search.optuna import OptunaSearch
 from .options import SAMPLERS
 from .pareto import NAMES
 from .pick import plan_summary
+from .trainable import FAILED_REASON
 
 __all__ = ["FullBudgetOptunaSearch", "make_sampler", "SAMPLERS"]
 
@@ -79,7 +80,8 @@ class FullBudgetOptunaSearch(OptunaSearch):
         """Per epoch: the accuracy so far; on the first result also the plan and the MLflow run.
         (Ray hands a trial's last result to ``on_trial_complete`` only, so that calls this too.)"""
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials or not result or "accuracy" not in result:
+        if (ot_trial is None or trial_id in self._completed_trials or not result or "accuracy" not in result
+                or FAILED_REASON in result):
             return
         # (setdefault on __dict__: a searcher pickled by an older version has no such attribute)
         accuracies = self.__dict__.setdefault("_epoch_accuracies", {}).setdefault(trial_id, [])
@@ -123,6 +125,9 @@ class FullBudgetOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and FAILED_REASON in result:  # the trial ended itself, failed (it diverged)
+            self._ot_trials[trial_id].set_user_attr("reason", result[FAILED_REASON])
+            error = True
         if not error:
             self._record_epoch(trial_id, result)
         full = not error and result and result.get(self._time_attr, 0) >= self._max_epochs

@@ -37,6 +37,7 @@ from .pareto import (NAMES, hypervolume, hypervolume_matrix, nondominated, objec
 from .pick import (Search, export_command, knee, model_name, plan_label, plan_summary,  # noqa: E402
                    python_command)
 from .plots import front_html, front_pngs  # noqa: E402
+from .trainable import FAILED_REASON  # noqa: E402
 
 __all__ = ["SearchTracker", "RunFolder", "ChildRuns", "TRIAL_TAG", "FRONT_HTML", "pareto_rows", "front_mask",
            "unique_complete", "search_hypervolume", "hypervolume_history", "plan_markdown", "front_runs_path",
@@ -50,6 +51,11 @@ FINAL_METRICS = tuple(dict.fromkeys((*NAMES, "test_accuracy", "latency_ratio_spr
                                      "dense_latency_ms", "flops_ratio", "params",
                                      "zero_shot_accuracy",  # compressing a trained model: before fine-tuning
                                      "compile_seconds")))
+# How a trial ended. ``interrupted``: cut by a stop (Ctrl-C, a crash, the time budget) before its
+# end; --resume continues it and its row is then rewritten with how it really ended.
+FINAL_STATUSES = ("complete", "pruned", "failed")
+STATUSES = (*FINAL_STATUSES, "interrupted")
+TIME_BUDGET_REASON = "stopped by the time budget"
 COLUMNS = ["trial_id", "mlflow_run_id", "status", "reason", "early_stopped", "pareto", "plan_key", "epochs_trained",
            *FINAL_METRICS, "latency_remeasured", "training_seconds", "wall_seconds", "started_at", "finished_at",
            "config", "plan", "plan_layers", "checkpoint"]
@@ -149,10 +155,11 @@ def front_markdown(search: Search, rows: list[dict], *, budget: float, max_epoch
                    experiment_id: str | None = None, parent_run_id: str | None = None) -> str:
     """The parent run's description: counts, the front as a table, and the commands that export
     its knee, list it, and browse the Optuna study."""
-    counts = {status: sum(row["status"] == status for row in rows) for status in ("complete", "pruned", "failed")}
+    counts = {status: sum(row["status"] == status for row in rows) for status in STATUSES}
     front = pareto_rows(rows)
+    interrupted = f", {counts['interrupted']} interrupted (continue with --resume)" if counts["interrupted"] else ""
     lines = [f"**Search `{search.name}`**: {len(rows)} trials, {counts['complete']} complete, {counts['pruned']} "
-             f"stopped early (finished runs tagged `early_stopped=true`), {counts['failed']} failed. "
+             f"stopped early (finished runs tagged `early_stopped=true`), {counts['failed']} failed{interrupted}. "
              f"**Front: {len(front)} models** (3-D: {', '.join(NAMES)}; in a 2-D view a front model may look "
              f"dominated), hypervolume {search_hypervolume(rows, budget):.4f}.", ""]
     if experiment_id and parent_run_id:
@@ -200,10 +207,12 @@ class SearchTracker(tune.Callback):
     """Logs every trial of one search to MLflow and the Parquet table, and prints progress."""
 
     def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str, folder: RunFolder,
-                 max_epochs: int, num_samples: int, budget: float = 1.0, finalize_on_end: bool = True, log=print):
+                 max_epochs: int, num_samples: int, budget: float = 1.0, finalize_on_end: bool = True,
+                 time_budget_s: float | None = None, log=print):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.folder, self.max_epochs, self.num_samples, self.log = folder, max_epochs, num_samples, log
-        self.budget, self.finalize_on_end = budget, finalize_on_end
+        self.budget, self.finalize_on_end, self.time_budget_s = budget, finalize_on_end, time_budget_s
+        self.logged_epochs: dict[str, int] = {}  # trial id -> last epoch whose metrics MLflow has
         self._client: MlflowClient | None = None
         self.rows: dict[str, dict] = {}
         self.child_runs: dict[str, str] = {}
@@ -231,14 +240,34 @@ class SearchTracker(tune.Callback):
                                        filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
                                        max_results=10000)
         self.child_runs = {run.data.tags[TRIAL_TAG]: run.info.run_id for run in runs if TRIAL_TAG in run.data.tags}
+        self.started = time.time()
+        # Trials a stop cut short continue: their epochs so far are in MLflow (a trial restored from
+        # an older checkpoint repeats epochs, which are not logged twice) and their training time.
+        for trial_id, run_id in self.child_runs.items():
+            if self._final(trial_id):
+                continue
+            steps = [metric.step for metric in self.client.get_metric_history(run_id, "accuracy")]
+            self.logged_epochs[trial_id] = max(steps, default=0)
+            if trial_id in self.rows:
+                self.epoch_seconds[trial_id] = self.rows[trial_id].get("training_seconds") or 0.0
+
+    def _final(self, trial_id: str) -> bool:
+        """Whether the trial has ended for good (its row is not rewritten)."""
+        return trial_id in self.rows and self.rows[trial_id]["status"] in FINAL_STATUSES
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._child_run(trial)
+        run_id = self._child_run(trial)
+        if trial.trial_id in self.rows and not self._final(trial.trial_id):  # interrupted, now continued
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "status", "running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if trial.trial_id in self.rows:
+        if self._final(trial.trial_id):
             return
         epoch = int(result.get("epoch", 0))
+        if epoch <= self.logged_epochs.get(trial.trial_id, 0) or FAILED_REASON in result:
+            return  # an epoch repeated after a restore from a checkpoint, or the one that diverged
+        self.logged_epochs[trial.trial_id] = epoch
         self.epoch_seconds[trial.trial_id] = self.epoch_seconds.get(trial.trial_id, 0.0) + result.get("seconds", 0.0)
         now = int(time.time() * 1000)
         metrics = [Metric(key, float(result[key]), now, epoch) for key in EPOCH_METRICS if key in result]
@@ -246,6 +275,8 @@ class SearchTracker(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
+        if FAILED_REASON in result:  # ended by the trial itself (it diverged), not by the scheduler
+            return self._finish(trial, "failed", result[FAILED_REASON], trials)
         full = int(result.get("epoch", 0)) >= self.max_epochs
         self._finish(trial, "complete" if full else "pruned", "", trials)
 
@@ -258,12 +289,13 @@ class SearchTracker(tune.Callback):
         self._finish(trial, "failed", str(reason).strip().splitlines()[-1][:500], trials)
 
     def on_experiment_end(self, trials, **info) -> None:
-        # Trials still running when --time-budget-s ran out get no completion event: record them too.
+        # Trials a stop cut short get no completion event: each gets a row (and a run), ``interrupted``.
+        out_of_time = self.time_budget_s is not None and time.time() - self.started >= self.time_budget_s
+        reason = TIME_BUDGET_REASON if out_of_time else "the search was interrupted"
         for trial in trials:
-            if trial.trial_id not in self.rows and trial.last_result:
-                full = int(trial.last_result.get("epoch", 0)) >= self.max_epochs
-                self._finish(trial, "complete" if full else "pruned", "" if full else "stopped by the time budget",
-                             trials)
+            # (Ray has already marked them TERMINATED while stopping their actors, so status says nothing.)
+            if not self._final(trial.trial_id):
+                self._finish(trial, "interrupted", f"{reason}; --resume continues it", trials)
         if self.finalize_on_end:  # else the caller finalizes once, after re-measuring the front
             self.finalize()
 
@@ -280,7 +312,7 @@ class SearchTracker(tune.Callback):
         return self.child_runs[trial.trial_id]
 
     def _finish(self, trial, status: str, reason: str, trials) -> None:
-        if trial.trial_id in self.rows:  # already logged before an interruption
+        if self._final(trial.trial_id):  # already logged before an interruption
             return
         result = trial.last_result or {}
         run_id = self._child_run(trial)
@@ -315,7 +347,7 @@ class SearchTracker(tune.Callback):
             self.client.set_tag(run_id, "checkpoint", checkpoint.path)
         # Stopped early is a decision of the scheduler, not a failure: FINISHED, told apart by the tag.
         self.client.update_run(run_id, name=model_name(row, max_epochs=self.max_epochs))
-        self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+        self.client.set_terminated(run_id, {"failed": "FAILED", "interrupted": "KILLED"}.get(status, "FINISHED"))
         self._update_front()
         self.folder.write_table("trials.parquet", list(self.rows.values()))
         self.log(self.progress_line(trials, row))
@@ -369,15 +401,17 @@ class SearchTracker(tune.Callback):
     def progress_line(self, trials, row: dict | None = None) -> str:
         """One line per finished trial: which trial, how it ended and its objectives, then the search."""
         counts = {status: sum(row["status"] == status for row in self.rows.values())
-                  for status in ("complete", "pruned", "failed")}
-        running = sum(t.status == "RUNNING" and t.trial_id not in self.rows for t in trials or [])
+                  for status in STATUSES}
+        running = sum(t.status == "RUNNING" and not self._final(t.trial_id) for t in trials or [])
+        finished = sum(counts[status] for status in FINAL_STATUSES)
         front = pareto_rows(list(self.rows.values()))
         best = (f"front {len(front)} models, best accuracy {front[0]['accuracy']:.3f} at params "
                 f"{front[0]['params_ratio']:.3f}, smallest {min(r['params_ratio'] for r in front):.3f}"
                 if front else "front empty")
         trial = f" | {_trial_summary(row, self.max_epochs)}" if row else ""
-        return (f"[{time.time() - self.started:5.0f}s] {len(self.rows)}/{self.num_samples} finished{trial} | "
+        return (f"[{time.time() - self.started:5.0f}s] {finished}/{self.num_samples} finished{trial} | "
                 f"{counts['complete']} complete, {counts['pruned']} stopped early, {counts['failed']} failed, "
+                + (f"{counts['interrupted']} interrupted, " if counts["interrupted"] else "") +
                 f"{running} running | {best}")
 
     def finalize(self) -> None:
@@ -431,7 +465,8 @@ class ChildRuns:
 def _trial_summary(row: dict, max_epochs: int) -> str:
     """``trial 67087d45 complete: acc 0.9900 params 0.0940 latency 0.81× (lr·SI+FD)``."""
     how = {"complete": "complete", "failed": "failed",
-           "pruned": f"stopped early at epoch {row['epochs_trained']}/{max_epochs}"}[row["status"]]
+           "pruned": f"stopped early at epoch {row['epochs_trained']}/{max_epochs}",
+           "interrupted": f"interrupted at epoch {row['epochs_trained']}/{max_epochs}"}[row["status"]]
     formats = {"accuracy": "acc {:.4f}", "params_ratio": "params {:.4f}", "latency_ratio": "latency {:.2f}×"}
     values = " ".join(formats.get(name, name + " {:.4g}").format(row[name])
                       for name in NAMES if row.get(name) is not None and np.isfinite(row[name]))

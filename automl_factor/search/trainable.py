@@ -21,15 +21,16 @@ import torch
 from ray import tune
 
 from ..factorization import collapse, count_params, factorize
-from ..train import (DataBundle, build_model, compile_seconds, count_flops, evaluate, iterate_batches, load_weights,
+from ..train import (DataBundle, TrainingDiverged, build_model, compile_seconds, count_flops, evaluate, iterate_batches, load_weights,
                      make_optimizer, make_schedule, steps_per_epoch, train_one_epoch)
 from ..train.checkpoint import STATE_FILE, read_state, write_checkpoint
 from ..train.measure import paired_latency
 from .space import LatencyTarget, SearchSpace, plan_for, plan_key, plan_layers
 
 __all__ = ["TrialSetup", "train_trial", "start_cost_cache", "trial_dirname", "architecture_key", "measure_cost",
-           "cached_cost"]
+           "cached_cost", "FAILED_REASON"]
 COST_CACHE = "automl_factor_cost_cache"
+FAILED_REASON = "failed_reason"  # in a trial's last result: it ended failed, for this reason (not retried)
 
 
 @dataclass(frozen=True)
@@ -168,8 +169,14 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
     plan_json = json.dumps(trial_info["plan"], sort_keys=True)
     layers_json = json.dumps(plan_layers(space, dense, plan))
     for epoch in range(first_epoch, space.max_epochs + 1):
-        metrics = train_one_epoch(model, data, optimizer, schedule, train_config, generator=generator, epoch=epoch,
-                                  plan=plan)
+        try:
+            metrics = train_one_epoch(model, data, optimizer, schedule, train_config, generator=generator,
+                                      epoch=epoch, plan=plan)
+        except TrainingDiverged as error:
+            # Not a crash: it would diverge again, so the trial ends here, failed with its reason,
+            # rather than raising (Ray would retry it from its last checkpoint).
+            tune.report({**fixed, "epoch": epoch, "accuracy": 0.0, FAILED_REASON: str(error)})
+            return
         metrics.update(fixed, epoch=epoch, accuracy=evaluate(model, data.val, data, config=train_config),
                        plan=plan_json, plan_layers=layers_json, compile_seconds=compile_seconds(model))
         if epoch == space.max_epochs:
