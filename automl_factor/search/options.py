@@ -8,14 +8,19 @@ Names say their units: ``budget_fraction`` is a fraction of the dense model's pa
 """
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = ["SearchOptions", "SAMPLERS", "SCHEDULERS"]
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")  # Optuna samplers, all multi-objective (searcher.make_sampler)
 SCHEDULERS = ("moasha", "asha", "fifo")
+# A search's name is one folder under the storage path (and the Tune experiment's name): no '/', no
+# '..', no absolute path, so a search can neither write outside the storage path nor into another's.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class SearchOptions(BaseModel):
@@ -44,4 +49,12 @@ class SearchOptions(BaseModel):
     seed: int = 0
     resume: bool = False
     compile: bool | None = None  # torch.compile the training step; None: on for GPU trials
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None and not PLAIN_NAME.fullmatch(name):
+            raise PydanticCustomError("plain_name", "must be a plain name: letters, digits, '.', '_' and '-', "
+                                                    "starting with a letter or digit (no '/', no '..')")
+        return name
 

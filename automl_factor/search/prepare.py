@@ -1,7 +1,9 @@
 """Everything a search checks before it writes anything: options, tracking store, cluster address,
-the space, the data and the budget. Imports neither Ray nor MLflow, so bad input fails fast."""
+the space, the data and the budget. Imports neither MLflow nor (but for Ray's address lookup) Ray,
+so bad input fails fast."""
 from __future__ import annotations
 
+import os
 import socket
 import time
 import urllib.error
@@ -13,7 +15,8 @@ from urllib.parse import urlparse
 from ..cli import UsageError
 from .options import SearchOptions
 
-__all__ = ["Prepared", "prepare", "DEFAULT_SPACE", "resolve_space", "check_mlflow_uri", "check_address"]
+__all__ = ["Prepared", "prepare", "DEFAULT_SPACE", "resolve_space", "check_mlflow_uri", "check_address",
+           "check_storage"]
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 DEFAULT_SPACE = SPACES / "default.yaml"
@@ -51,18 +54,60 @@ def check_mlflow_uri(uri: str) -> None:
                          f"use http(s)://, sqlite:///, file: or a folder")
 
 
+def check_storage(storage: str, name: str | None) -> None:
+    """Fail early when the search's folder cannot be made: the storage path, or the folder for --name in
+    it, is a file or lies under one, or this user cannot write there. Missing folders are fine (made
+    later); object stores are checked when first written."""
+    if "://" in storage and not storage.startswith("file://"):
+        return
+    path = Path(urlparse(storage).path if storage.startswith("file://") else storage).expanduser()
+    target = path / name if name else path
+    existing = next(folder for folder in (target, *target.parents) if folder.exists())
+    if not existing.is_dir():
+        raise UsageError(f"--storage-path {storage!r}: {str(existing)!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--storage-path {storage!r}: cannot write in {str(existing)!r} (permission denied)")
+
+
 def check_address(address: str | None) -> None:
-    """Fail early when --address names a host:port nobody listens on."""
-    if address in (None, "auto", "local"):
+    """Fail early, in seconds, when the Ray cluster to join is not there: 'auto' (or RAY_ADDRESS) finds
+    none, or its host:port does not listen, or answers HTTP (the dashboard's port, where ray.init hangs
+    for minutes). None: Ray's own choice (RAY_ADDRESS, a `ray start` cluster, else a local runtime)."""
+    flag = f"--address {address!r}"
+    if address in (None, "auto"):
+        # Ray's own lookup (RAY_ADDRESS, the file `ray start` leaves, and for 'auto' a Ray process on
+        # this machine): it reads the environment, a file and the process list, and starts nothing.
+        from ray._common.utils import get_ray_address_file
+        from ray._private.services import get_ray_address_from_environment
+
+        try:
+            found = get_ray_address_from_environment(address, None)
+        except ConnectionError:
+            raise UsageError(f"{flag}: no running Ray cluster found (RAY_ADDRESS is unset, no "
+                             f"{get_ray_address_file(None)} from `ray start`, no Ray process on this machine); "
+                             f"start one with `ray start --head`, or leave out --address for a local runtime") from None
+        source = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "found"
+        flag, address = f"--address {address or 'unset'!r} ({source} {found!r})", found
+    if address in (None, "local"):
         return
     host_port = address.split("://", 1)[-1]
     host, _, port = host_port.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--address must look like host:port, ray://host:port or 'auto', got {address!r}")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
     except OSError as error:
-        raise UsageError(f"--address {address!r} is unreachable ({error.strerror or error}); is the Ray head running?")
+        raise UsageError(f"{flag} is unreachable ({error.strerror or error}); is the Ray head running?") from None
+    with sock:  # a gRPC port (the GCS, the Ray client server) never answers "HTTP/": it waits for HTTP/2
+        try:
+            sock.settimeout(3)
+            sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            reply = sock.recv(16)
+        except OSError:
+            reply = b""
+    if reply.startswith(b"HTTP/"):
+        raise UsageError(f"{flag} answers HTTP; that is not the Ray head's GCS port "
+                         f"(usually 6379; the dashboard is 8265)")
 
 
 @dataclass
@@ -85,6 +130,11 @@ def prepare(options: SearchOptions) -> Prepared:
     from ..train import build_model, load, load_weights
     from .space import group_layers, load_space, minimum_params
 
+    check_storage(options.storage_path, options.name)
+    if options.resume:  # the saved settings, and nothing else, continue the search
+        from .saved import resumed_options
+        name, run_uri = _run_location(options)
+        options = resumed_options(options, run_uri, name)
     space_path = resolve_space(options.space)
     check_mlflow_uri(options.mlflow_uri)
     check_address(options.address)
@@ -124,7 +174,9 @@ def _run_location(options) -> tuple[str, str]:
         import pyarrow.fs as pafs
         filesystem, path = pafs.FileSystem.from_uri(storage if "://" in storage else Path(storage).as_uri())
         infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        names = sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
+        folders = [info for info in infos if info.type == pafs.FileType.Directory]
+        saved = filesystem.get_file_info([f"{info.path}/search.json" for info in folders])  # (saved.STATE_FILE)
+        names = sorted(info.base_name for info, state in zip(folders, saved) if state.type == pafs.FileType.File)
         if not names:
             raise UsageError(f"--resume: no search to resume under {options.storage_path!r}")
         return names[-1], f"{storage.rstrip('/')}/{names[-1]}"

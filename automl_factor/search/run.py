@@ -33,9 +33,11 @@ from ..train import build_model, load_weights
 from ..train.measure import paired_latency
 from .pareto import MODES, NAMES, OBJECTIVES
 from .saved import STATE_FILE, absolute_store, read_state, saved_form, write_state
+from .lock import search_lock
 from .schedulers import STATE_FILE as MOASHA_STATE_FILE
 from .schedulers import MultiObjectiveASHA
 from .searcher import FullBudgetOptunaSearch, make_sampler
+from .store import init_tracking_store
 from .space import PlanKeys, SpaceSampler, energy_point, paper_recipe_point, smallest_plan_params
 from .tracking import (FRONT_HTML, TIME_BUDGET_REASON, ChildRuns, RunFolder, SearchTracker, front_runs_path, pareto_rows,
                        search_hypervolume)
@@ -133,9 +135,16 @@ def trial_gpus(options) -> float:
 
 
 def run_search(prepared) -> tuple[list[dict], dict]:
-    """Run (or resume) the search; return the trial rows and the latency noise summary."""
+    """Run (or resume) the search; return the trial rows and the latency noise summary. One driver
+    per search name at a time (``search_lock``); the tracking store is set up before any trial."""
+    with search_lock(prepared.run_uri):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store setup lines; the search prints its own
+        init_tracking_store(prepared.options.mlflow_uri)
+        return _run_search(prepared)
+
+
+def _run_search(prepared) -> tuple[list[dict], dict]:
     options, space = prepared.options, prepared.space
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store setup lines; the search prints its own
     mlflow.set_tracking_uri(options.mlflow_uri)
     client = MlflowClient(options.mlflow_uri)
     experiment_id, parent_run_id = _parent_run(prepared, client)

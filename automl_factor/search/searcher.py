@@ -127,7 +127,7 @@ class FullBudgetOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and FAILED_REASON in result:  # the trial ended itself, failed (it diverged)
             self._ot_trials[trial_id].set_user_attr("reason", result[FAILED_REASON])
-            error = True
+            result, error = None, True  # (OptunaSearch records a trial with a result as COMPLETE)
         if not error:
             self._record_epoch(trial_id, result)
         full = not error and result and result.get(self._time_attr, 0) >= self._max_epochs

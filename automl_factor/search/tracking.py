@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import matplotlib
@@ -57,7 +58,7 @@ FINAL_STATUSES = ("complete", "pruned", "failed")
 STATUSES = (*FINAL_STATUSES, "interrupted")
 TIME_BUDGET_REASON = "stopped by the time budget"
 COLUMNS = ["trial_id", "mlflow_run_id", "status", "reason", "early_stopped", "pareto", "plan_key", "epochs_trained",
-           *FINAL_METRICS, "latency_remeasured", "training_seconds", "wall_seconds", "started_at", "finished_at",
+           *FINAL_METRICS, "latency_remeasured", "node_id", "training_seconds", "wall_seconds", "started_at", "finished_at",
            "config", "plan", "plan_layers", "checkpoint"]
 
 
@@ -281,12 +282,7 @@ class SearchTracker(tune.Callback):
         self._finish(trial, "complete" if full else "pruned", "", trials)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        reason = str(trial.error_file or "error")
-        try:
-            reason = trial.get_pickled_error() or reason
-        except Exception:  # noqa: BLE001 - best effort: the reason is informational
-            pass
-        self._finish(trial, "failed", str(reason).strip().splitlines()[-1][:500], trials)
+        self._finish(trial, "failed", failure_reason(trial), trials)
 
     def on_experiment_end(self, trials, **info) -> None:
         # Trials a stop cut short get no completion event: each gets a row (and a run), ``interrupted``.
@@ -321,7 +317,7 @@ class SearchTracker(tune.Callback):
             "trial_id": trial.trial_id, "mlflow_run_id": run_id, "status": status, "reason": reason,
             "early_stopped": status == "pruned", "pareto": False, "plan_key": result.get("plan_key"),
             "epochs_trained": int(result.get("epoch", 0)), **{key: result.get(key) for key in FINAL_METRICS},
-            "latency_remeasured": False, "plan_layers": result.get("plan_layers"),
+            "latency_remeasured": False, "plan_layers": result.get("plan_layers"), "node_id": result.get("node_id"),
             "training_seconds": self.epoch_seconds.get(trial.trial_id, 0.0),
             "wall_seconds": result.get("time_total_s"), "started_at": _start_time(result),
             "finished_at": time.time(), "config": json.dumps(trial.config, sort_keys=True),
@@ -345,6 +341,8 @@ class SearchTracker(tune.Callback):
                                   "plan_layers.json")
         if checkpoint:
             self.client.set_tag(run_id, "checkpoint", checkpoint.path)
+        if row["node_id"]:
+            self.client.set_tag(run_id, "ray_node_id", row["node_id"])
         # Stopped early is a decision of the scheduler, not a failure: FINISHED, told apart by the tag.
         self.client.update_run(run_id, name=model_name(row, max_epochs=self.max_epochs))
         self.client.set_terminated(run_id, {"failed": "FAILED", "interrupted": "KILLED"}.get(status, "FINISHED"))
@@ -460,6 +458,26 @@ class ChildRuns:
                 return None
             self._known[trial_id] = runs[0].info.run_id
         return self._known[trial_id]
+
+
+def failure_reason(trial) -> str:
+    """Why a trial failed, in one line: the exception of a Python error, or Ray's account of a dead
+    worker (not the path of Ray's error file), with how many times it failed."""
+    texts = []
+    for read in (trial.get_pickled_error, trial.get_error, lambda: Path(trial.error_file or "").read_text()):
+        try:
+            texts.append(str(read() or "").strip())
+        except Exception:  # noqa: BLE001 - the reason is informational; try what else Ray recorded
+            pass
+    text = next((text for text in texts if text), "")
+    last = text.rsplit("Failure # ", 1)[-1]
+    lines = [line.strip() for line in last.splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):  # a Python exception: its last line says it
+        summary = lines[-1]
+    else:  # Ray's account of a dead actor: the untabbed sentences
+        summary = " ".join(line for line in last.splitlines()[1:] if line.strip() and not line.startswith("\t"))
+    failures = trial.run_metadata.num_failures
+    return (f"failed {failures} times: " if failures > 1 else "") + (summary or "error")[:500]
 
 
 def _trial_summary(row: dict, max_epochs: int) -> str:

@@ -158,6 +158,7 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
         **{key: value for key, value in cost.items() if key != "flops"},
         "flops_ratio": cost["flops"] / count_flops(dense, (1, *data.image_shape)),
         "plan_key": plan_key(plan),
+        "node_id": ray.get_runtime_context().get_node_id(),  # which machine of a cluster trained it
     }
     if space.weights is not None and first_epoch == 1:  # before any fine-tuning
         fixed["zero_shot_accuracy"] = evaluate(model, data.val, data)

@@ -96,3 +96,129 @@ def test_export_unknown_run(tmp_path: Path):
                         "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
     _check_error(completed, "0123456789abcdef", "not found")
     assert not (tmp_path / "m.pt2").exists()
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/x"])
+def test_name_must_be_plain(tmp_path: Path, name):
+    _check_error(run_cli("automl_factor.search", "--name", name, cwd=tmp_path), repr(name), "letters, digits")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("storage", ["taken", "taken/runs"])
+def test_storage_path_is_or_is_under_a_file(tmp_path: Path, storage):
+    (tmp_path / "taken").write_text("not a folder")
+    _check_error(run_cli("automl_factor.search", "--storage-path", storage, cwd=tmp_path), repr(storage), "is a file")
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no mlflow.db: no parent run either
+
+
+def _no_local_ray(monkeypatch, tmp_path_factory) -> None:
+    """The environment of a machine without a Ray cluster (as Ray decides it), or skip."""
+    from ray._private.services import find_gcs_addresses
+
+    if find_gcs_addresses():
+        pytest.skip("a Ray cluster runs on this machine; 'auto' would find it")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path_factory.mktemp("ray")))  # no ray_current_cluster file
+
+
+def test_address_auto_without_a_cluster(tmp_path: Path, monkeypatch, tmp_path_factory):
+    _no_local_ray(monkeypatch, tmp_path_factory)
+    _check_error(run_cli("automl_factor.search", "--address", "auto", cwd=tmp_path, timeout=120),
+                 "'auto'", "no running Ray cluster", "ray start --head")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_address_auto_finds_an_unreachable_cluster(tmp_path: Path, monkeypatch, tmp_path_factory):
+    _no_local_ray(monkeypatch, tmp_path_factory)
+    address = f"127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    _check_error(run_cli("automl_factor.search", "--address", "auto", cwd=tmp_path, timeout=120),
+                 address, "RAY_ADDRESS", "unreachable")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_address_that_answers_http(tmp_path: Path):
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        completed = run_cli("automl_factor.search", "--address", address, cwd=tmp_path, timeout=120)
+    finally:
+        server.shutdown()
+    _check_error(completed, repr(address), "answers HTTP", "6379", "8265")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unroutable_address_fails_quickly():
+    import time
+
+    from automl_factor.cli import UsageError
+    from automl_factor.search.prepare import check_address
+
+    start = time.monotonic()
+    # Nothing answers there: the connection times out (5 s). Behind a transparent proxy (some sandboxes)
+    # the connection opens and the proxy answers HTTP instead; refused either way.
+    with pytest.raises(UsageError, match="unreachable|answers HTTP"):
+        check_address("10.255.255.1:6379")
+    assert time.monotonic() - start < 15
+
+
+_HOLD_LOCK = """
+import sys
+from automl_factor.search.lock import search_lock
+with search_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_one_search_per_name(tmp_path: Path):
+    import socket as _socket
+    import subprocess
+    import sys
+
+    from automl_factor.cli import UsageError
+    from automl_factor.search.lock import search_lock
+
+    run_uri = str(tmp_path / "runs" / "mine")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, run_uri], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UsageError, match=rf"search 'mine' is running in another process "
+                                             rf"\(pid {holder.pid} on {_socket.gethostname()}\)"):
+            with search_lock(run_uri):
+                pass
+    finally:
+        holder.communicate("", timeout=60)
+    with search_lock(run_uri):  # released when the holder ended
+        pass
+    with search_lock("s3://bucket/runs/mine"):  # object stores: no lock, nothing touched
+        pass
+
+
+def _init_store(uri: str, barrier) -> None:
+    from automl_factor.search.store import init_tracking_store
+
+    barrier.wait()
+    init_tracking_store(uri)
+
+
+def test_tracking_store_set_up_once(tmp_path: Path):
+    """Two searches starting at once on a fresh sqlite store: MLflow's migrations ran twice and one
+    crashed ("duplicate column name: step")."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        uri = f"sqlite:///{tmp_path / f'mlflow{round_}.db'}"
+        barrier = context.Barrier(2)
+        processes = [context.Process(target=_init_store, args=(uri, barrier)) for _ in range(2)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=120)
+        assert [process.exitcode for process in processes] == [0, 0], f"round {round_}"
