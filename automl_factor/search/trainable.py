@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import ray
 import torch
 from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..factorization import collapse, count_params, factorize
 from ..train import (DataBundle, TrainingDiverged, build_model, compile_seconds, count_flops, evaluate, iterate_batches, load_weights,
@@ -65,8 +66,10 @@ def architecture_key(model: torch.nn.Module, input_shape: tuple[int, ...], devic
 
 
 def start_cost_cache() -> "ray.actor.ActorHandle":
-    """Called by the driver, which holds the handle for the whole search (the actor lives as long)."""
-    return CostCache.options(name=COST_CACHE, get_if_exists=True).remote()
+    """Called by the driver, which holds the handle for the whole search (the actor lives as long).
+    Pinned to the driver's node: a worker node lost mid-search must not take the cache with it."""
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return CostCache.options(name=COST_CACHE, get_if_exists=True, scheduling_strategy=here).remote()
 
 
 def measure_cost(model: torch.nn.Module, dense: torch.nn.Module, image_shape: tuple[int, ...],
@@ -93,10 +96,13 @@ def cached_cost(model: torch.nn.Module, dense: torch.nn.Module, image_shape: tup
         cache = ray.get_actor(COST_CACHE)
     except ValueError:
         return measure_cost(model, dense, image_shape, target)
-    value = ray.get(cache.get.remote(key))
+    try:
+        value = ray.get(cache.get.remote(key))
+    except ray.exceptions.RayActorError:  # the cache is gone (its node died): measure, as without it
+        return measure_cost(model, dense, image_shape, target)
     if value is None:
         value = measure_cost(model, dense, image_shape, target)
-        ray.get(cache.put.remote(key, value))
+        cache.put.remote(key, value)  # (not waited for: a lost cache costs a re-measurement, not the trial)
     return dict(value)
 
 

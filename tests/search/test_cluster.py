@@ -1,32 +1,80 @@
-"""The search on an existing multi-node Ray cluster (two nodes on this machine) via --address."""
+"""The search on an existing multi-node Ray cluster (three nodes on this machine) via --address:
+trials spread over the nodes, and a node lost mid-search costs no trial."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
+from ray.tune import ExperimentAnalysis
 
 from conftest import TINY_SPACE, run_cli
 
 pytestmark = pytest.mark.integration
+# Trials long enough (seconds, not one) that several train at once, so they need several nodes.
+SPACE = TINY_SPACE.replace("train_subset: 400", "train_subset: 1150")
 
 
 @pytest.fixture
-def two_node_cluster():
+def three_node_cluster():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    yield cluster
+    yield cluster, workers
     cluster.shutdown()
 
 
-def test_search_runs_on_an_existing_cluster(two_node_cluster, tmp_path: Path):
-    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
-    completed = run_cli("automl_factor.search", "--address", two_node_cluster.address, "--space", "tiny.yaml",
-                        "--num-samples", "3", "--max-epochs", "1", "--scheduler", "fifo", "--name", "c", cwd=tmp_path)
+def _rows(folder: Path) -> list[dict]:
+    return pq.read_table(folder / "automl_runs" / "c" / "trials.parquet").to_pylist()
+
+
+def test_search_spreads_trials_over_an_existing_cluster(three_node_cluster, tmp_path: Path):
+    cluster, _ = three_node_cluster
+    (tmp_path / "tiny.yaml").write_text(SPACE)
+    completed = run_cli("automl_factor.search", "--address", cluster.address, "--space", "tiny.yaml",
+                        "--num-samples", "4", "--max-epochs", "4", "--scheduler", "fifo", "--name", "c", cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    rows = pq.read_table(tmp_path / "automl_runs" / "c" / "trials.parquet").to_pylist()
-    assert [row["status"] for row in rows] == ["complete"] * 3
+    rows = _rows(tmp_path)
+    assert [row["status"] for row in rows] == ["complete"] * 4
+    # One CPU per node and per trial: trials overlapping in time ran on different nodes.
+    assert len({row["node_id"] for row in rows}) >= 2, [row["node_id"] for row in rows]
     # The driver joined the cluster instead of starting its own runtime: the cluster is still up.
-    assert len([node for node in two_node_cluster.list_all_nodes() if node.remaining_processes_alive()]) == 2
+    assert len([node for node in cluster.list_all_nodes() if node.remaining_processes_alive()]) == 3
+
+
+def test_a_worker_node_lost_mid_search_costs_no_trial(three_node_cluster, tmp_path: Path):
+    """A node removed while its trial trains: the trial resumes from its checkpoint on another node;
+    4 Ray trials = 4 Parquet rows = 4 MLflow child runs, all complete, none twice."""
+    cluster, workers = three_node_cluster
+    (tmp_path / "tiny.yaml").write_text(SPACE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "automl_factor.search", "--address", cluster.address, "--space", "tiny.yaml",
+         "--num-samples", "4", "--max-epochs", "4", "--scheduler", "fifo", "--name", "c"],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    lines, deadline = [], time.time() + 300
+    for line in process.stdout:  # remove a worker node once trials train on all three
+        lines.append(line)
+        if "finished |" in line or time.time() > deadline:  # (by then the others train)
+            cluster.remove_node(workers[0])
+            break
+    output = "".join(lines) + process.communicate(timeout=900)[0]
+    assert process.returncode == 0, output[-3000:]
+    rows = _rows(tmp_path)
+    assert len(rows) == 4 and {row["status"] for row in rows} == {"complete"}, output[-3000:]
+    ray_trials = ExperimentAnalysis(str(tmp_path / "automl_runs" / "c")).trials
+    assert sorted(t.trial_id for t in ray_trials) == sorted(row["trial_id"] for row in rows)
+    assert sum(t.run_metadata.num_failures for t in ray_trials) >= 1, "no trial was on the removed node"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("automl-factor").experiment_id], max_results=100)
+    children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+    assert sorted(run.data.tags["automl_factor.trial_id"] for run in children) == sorted(r["trial_id"] for r in rows)
+    for run in children:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]
+        assert sorted(steps) == [1, 2, 3, 4], steps  # each epoch once, though one trial restarted mid-way
