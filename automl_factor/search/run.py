@@ -126,6 +126,22 @@ def _first_points(space, data) -> list[dict]:
     return points
 
 
+def start_ray(address: str | None) -> None:
+    """Join the cluster at ``address`` (or the one RAY_ADDRESS / `ray start` names), else start a
+    local runtime that listens on 127.0.0.1 only: its GCS, raylet, object manager and workers bind
+    to the node's IP, so the node IP is made loopback (Ray's own switch for single-machine use, read
+    by the driver here and by the processes it starts through the environment)."""
+    from ray._private.services import get_ray_address_from_environment
+
+    if address is None and get_ray_address_from_environment(None, None) is None:
+        from ray._private import ray_constants
+
+        os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(address=address, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+             logging_level=logging.WARNING)
+
+
 def trial_gpus(options) -> float:
     """GPUs each trial asks Ray for: the option, or by default a quarter GPU when the cluster has
     GPUs (several trials per GPU: one CIFAR-size trial cannot fill one), else none."""
@@ -155,8 +171,7 @@ def _run_search(prepared) -> tuple[list[dict], dict]:
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=options.address, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
-                 logging_level=logging.WARNING)
+        start_ray(options.address)
     cost_cache = start_cost_cache()  # noqa: F841 - held so the actor lives as long as the search
     tracker = SearchTracker(tracking_uri=options.mlflow_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
                             folder=RunFolder(prepared.run_uri), max_epochs=space.max_epochs,
