@@ -4,6 +4,7 @@ Called by ``python -m automl_factor.search`` after every input has been validate
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,6 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import mlflow
 import optuna
-import pyarrow.fs as pafs
 import ray
 import torch
 from mlflow.tracking import MlflowClient
@@ -161,6 +161,10 @@ def run_search(prepared) -> tuple[list[dict], dict]:
 
 def _run_search(prepared) -> tuple[list[dict], dict]:
     options, space = prepared.options, prepared.space
+    # One try per MLflow request: the tracker's queue retries through an outage without blocking
+    # the search (MLflow's own backoff would hold each call for minutes).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     mlflow.set_tracking_uri(options.mlflow_uri)
     client = MlflowClient(options.mlflow_uri)
     experiment_id, parent_run_id = _parent_run(prepared, client)
@@ -206,21 +210,30 @@ def _run_search(prepared) -> tuple[list[dict], dict]:
                                               failure_config=tune.FailureConfig(max_failures=1)))
             tuner.fit()
     except BaseException as error:
-        client.set_terminated(parent_run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        with contextlib.suppress(Exception):  # (MLflow may be what failed)
+            client.set_terminated(parent_run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
     finally:
         if started_ray:
             ray.shutdown()
-    rows = RunFolder(prepared.run_uri).read_table("trials.parquet")
-    interrupted = search_outcome(rows) == "interrupted"
-    noise = {} if interrupted else _remeasure_front(prepared, tracker)
-    if interrupted:
-        _finalize(prepared, tracker)
+    # (A fresh tracker: Ray may have run the search with a copy of ``tracker``.)
+    after = SearchTracker(tracking_uri=tracker.tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                          folder=tracker.folder, max_epochs=tracker.max_epochs, num_samples=tracker.num_samples,
+                          budget=tracker.budget)
+    after.setup()  # the rows as the search left them
+    # Re-measuring is skipped after Ctrl-C: the user is waiting.
+    noise = {} if search_outcome(list(after.rows.values())) == "interrupted" else _remeasure_front(prepared, after)
+    after.finalize()
     rows = RunFolder(prepared.run_uri).read_table("trials.parquet")
     _fail_unrun_optuna_trials(prepared, rows)
     outcome = search_outcome(rows)
-    client.set_tag(parent_run_id, "automl_factor.status", outcome)
-    client.set_terminated(parent_run_id, {"interrupted": "KILLED", "failed": "FAILED"}.get(outcome, "FINISHED"))
+    after.mlflow.submit(lambda client: client.set_tag(parent_run_id, "automl_factor.status", outcome))
+    status = {"interrupted": "KILLED", "failed": "FAILED"}.get(outcome, "FINISHED")
+    after.mlflow.submit(lambda client: client.set_terminated(parent_run_id, status))
+    if after.flush():
+        print(f"warning: MLflow at {options.mlflow_uri} is still unreachable; {after.mlflow.pending} updates were not "
+              f"logged. The trial table in {prepared.run_uri} is complete; once MLflow is back, "
+              f"`python -m automl_factor.search --resume --name {prepared.name}` brings it up to date", flush=True)
     return rows, noise
 
 
@@ -234,15 +247,6 @@ def search_outcome(rows: list[dict]) -> str:
     if rows and all(row["status"] == "failed" for row in rows):
         return "failed"
     return "finished"
-
-
-def _finalize(prepared, tracker: SearchTracker) -> None:
-    """Tables and plots as the interrupted search left them (no re-measuring: the user is waiting)."""
-    tracker = SearchTracker(tracking_uri=tracker.tracking_uri, experiment_id=tracker.experiment_id,
-                            parent_run_id=tracker.parent_run_id, folder=tracker.folder, max_epochs=tracker.max_epochs,
-                            num_samples=tracker.num_samples, budget=tracker.budget)
-    tracker.setup()
-    tracker.finalize()
 
 
 def _fail_unrun_optuna_trials(prepared, rows: list[dict]) -> None:
@@ -265,13 +269,8 @@ def _remeasure_front(prepared, tracker: SearchTracker) -> dict:
     the machine, and recompute the front. On the driver, on the space's latency target."""
     space = prepared.space
     target = space.latency
-    tracker = SearchTracker(tracking_uri=tracker.tracking_uri, experiment_id=tracker.experiment_id,
-                            parent_run_id=tracker.parent_run_id, folder=tracker.folder, max_epochs=tracker.max_epochs,
-                            num_samples=tracker.num_samples, budget=tracker.budget)
-    tracker.setup()  # the rows as the search left them
     if target.device == "cuda" and not torch.cuda.is_available():
         print("latency: the driver has no GPU for latency.device 'cuda'; the front keeps the in-search timings")
-        tracker.finalize()
         return {}
     dense = build_model(space.model, prepared.data, **space.model_kwargs)
     shape = (target.batch_size, *prepared.data.image_shape)
@@ -290,10 +289,7 @@ def _remeasure_front(prepared, tracker: SearchTracker) -> dict:
                             "latency_ms": timing.ms, "dense_latency_ms": timing.dense_ms}
         return timings[key]
 
-    try:
-        return tracker.remeasure_front(measure)
-    finally:
-        tracker.finalize()
+    return tracker.remeasure_front(measure)
 
 
 def browse_lines(tracking_uri: str, run_uri: str | None = None) -> list[str]:

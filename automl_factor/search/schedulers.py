@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .pareto import NAMES, OBJECTIVES, promotion_order, tolerance_matrix
+from .trainable import FAILED_REASON
 
 __all__ = ["MultiObjectiveASHA", "STATE_FILE"]
 

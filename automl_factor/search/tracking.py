@@ -37,6 +37,7 @@ from .pareto import (NAMES, hypervolume, hypervolume_matrix, nondominated, objec
                      tolerance_matrix)
 from .pick import (Search, export_command, knee, model_name, plan_label, plan_summary,  # noqa: E402
                    python_command)
+from .mlflow_queue import MlflowQueue  # noqa: E402
 from .plots import front_html, front_pngs  # noqa: E402
 from .trainable import FAILED_REASON  # noqa: E402
 
@@ -215,6 +216,7 @@ class SearchTracker(tune.Callback):
         self.budget, self.finalize_on_end, self.time_budget_s = budget, finalize_on_end, time_budget_s
         self.logged_epochs: dict[str, int] = {}  # trial id -> last epoch whose metrics MLflow has
         self._client: MlflowClient | None = None
+        self._mlflow: MlflowQueue | None = None
         self.rows: dict[str, dict] = {}
         self.child_runs: dict[str, str] = {}
         self.epoch_seconds: dict[str, float] = {}
@@ -223,31 +225,58 @@ class SearchTracker(tune.Callback):
     def __getstate__(self) -> dict:  # Ray pickles callbacks with the run config; clients don't travel
         state = self.__dict__.copy()
         state["_client"] = None
+        state["_mlflow"] = None
         state["log"] = print
         return state
 
     @property
     def client(self) -> MlflowClient:
+        """For reading MLflow, in ``setup`` only; every write goes through ``mlflow``."""
         if self._client is None:
             self._client = MlflowClient(self.tracking_uri)
         return self._client
+
+    @property
+    def mlflow(self) -> MlflowQueue:
+        """MLflow writes, made in order off the Tune loop and retried through an outage."""
+        if self._mlflow is None:
+            self._mlflow = MlflowQueue(self.tracking_uri, log=self.log)
+        return self._mlflow
+
+    def flush(self, timeout_s: float = 300.0) -> int:
+        """Wait (bounded) for MLflow to have every update; return how many are still waiting."""
+        return self.mlflow.flush(timeout_s) if self._mlflow is not None else 0
 
     # Ray Tune hooks ----------------------------------------------------------------------------
 
     def setup(self, **info) -> None:
         """Rebuild state from MLflow and the table (a resumed search continues, nothing doubles)."""
         self.rows = {row["trial_id"]: row for row in self.folder.read_table("trials.parquet")}
-        runs = self.client.search_runs([self.experiment_id],
-                                       filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
-                                       max_results=10000)
-        self.child_runs = {run.data.tags[TRIAL_TAG]: run.info.run_id for run in runs if TRIAL_TAG in run.data.tags}
         self.started = time.time()
+        try:
+            runs = self.client.search_runs([self.experiment_id],
+                                           filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+                                           max_results=10000)
+        except Exception as error:  # noqa: BLE001 - MLflow down: go on from the table, catch up later
+            self.log(f"MLflow at {self.tracking_uri} unreachable ({type(error).__name__}); going on from the "
+                     f"trial table, MLflow catches up when it is back")
+            self.child_runs = {tid: row["mlflow_run_id"] for tid, row in self.rows.items() if row["mlflow_run_id"]}
+            return
+        self.child_runs = {run.data.tags[TRIAL_TAG]: run.info.run_id for run in runs if TRIAL_TAG in run.data.tags}
+        # Trials the table has as ended but MLflow not (an outage outlasted the last attempt): sync them.
+        ended = {run.data.tags[TRIAL_TAG] for run in runs if run.info.status != "RUNNING" and TRIAL_TAG in run.data.tags}
+        for trial_id, row in self.rows.items():
+            if self._final(trial_id) and trial_id not in ended:
+                self._log_final(row)
         # Trials a stop cut short continue: their epochs so far are in MLflow (a trial restored from
         # an older checkpoint repeats epochs, which are not logged twice) and their training time.
         for trial_id, run_id in self.child_runs.items():
             if self._final(trial_id):
                 continue
-            steps = [metric.step for metric in self.client.get_metric_history(run_id, "accuracy")]
+            try:
+                steps = [metric.step for metric in self.client.get_metric_history(run_id, "accuracy")]
+            except Exception:  # noqa: BLE001 - MLflow down: an epoch may then be logged twice, not lost
+                steps = []
             self.logged_epochs[trial_id] = max(steps, default=0)
             if trial_id in self.rows:
                 self.epoch_seconds[trial_id] = self.rows[trial_id].get("training_seconds") or 0.0
@@ -257,10 +286,11 @@ class SearchTracker(tune.Callback):
         return trial_id in self.rows and self.rows[trial_id]["status"] in FINAL_STATUSES
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        run_id = self._child_run(trial)
+        self._on_run(trial.trial_id, trial.config, lambda client, run_id: None)  # its run, created now
         if trial.trial_id in self.rows and not self._final(trial.trial_id):  # interrupted, now continued
-            self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "status", "running")
+            self._on_run(trial.trial_id, trial.config, lambda client, run_id: client.update_run(run_id, "RUNNING"))
+            self._on_run(trial.trial_id, trial.config,
+                         lambda client, run_id: client.set_tag(run_id, "status", "running"))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if self._final(trial.trial_id):
@@ -272,7 +302,7 @@ class SearchTracker(tune.Callback):
         self.epoch_seconds[trial.trial_id] = self.epoch_seconds.get(trial.trial_id, 0.0) + result.get("seconds", 0.0)
         now = int(time.time() * 1000)
         metrics = [Metric(key, float(result[key]), now, epoch) for key in EPOCH_METRICS if key in result]
-        self.client.log_batch(self._child_run(trial), metrics=metrics)
+        self._on_run(trial.trial_id, trial.config, lambda client, run_id: client.log_batch(run_id, metrics=metrics))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
@@ -294,28 +324,38 @@ class SearchTracker(tune.Callback):
                 self._finish(trial, "interrupted", f"{reason}; --resume continues it", trials)
         if self.finalize_on_end:  # else the caller finalizes once, after re-measuring the front
             self.finalize()
+        else:
+            self.flush()  # MLflow catches up (bounded) before the driver goes on
 
     # Internals ----------------------------------------------------------------------------------
 
-    def _child_run(self, trial) -> str:
-        if trial.trial_id not in self.child_runs:
-            run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.trial_id}",
-                                         tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id,
-                                               "status": "running"})
-            params = {key: str(value) for key, value in sorted(trial.config.items())}
-            self.client.log_batch(run.info.run_id, params=[_param(k, v) for k, v in params.items()])
-            self.child_runs[trial.trial_id] = run.info.run_id
-        return self.child_runs[trial.trial_id]
+    def _run_of(self, client: MlflowClient, trial_id: str, config: dict) -> str:
+        """(On the MLflow queue's thread.) The trial's child run, created with its config at first."""
+        if trial_id not in self.child_runs:
+            run = client.create_run(self.experiment_id, run_name=f"trial-{trial_id}",
+                                    tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial_id,
+                                          "status": "running"})
+            params = {key: str(value) for key, value in sorted(config.items())}
+            client.log_batch(run.info.run_id, params=[_param(k, v) for k, v in params.items()])
+            self.child_runs[trial_id] = run.info.run_id
+        if trial_id in self.rows:
+            self.rows[trial_id]["mlflow_run_id"] = self.child_runs[trial_id]
+        return self.child_runs[trial_id]
+
+    def _on_run(self, trial_id: str, config: dict, call) -> None:
+        """Queue ``call(client, run_id)`` on the trial's child run (one MLflow call each, so a retry
+        after an outage repeats nothing that already went through)."""
+        config = dict(config)
+        self.mlflow.submit(lambda client: call(client, self._run_of(client, trial_id, config)))
 
     def _finish(self, trial, status: str, reason: str, trials) -> None:
         if self._final(trial.trial_id):  # already logged before an interruption
             return
         result = trial.last_result or {}
-        run_id = self._child_run(trial)
         checkpoint = trial.checkpoint
         row = {
-            "trial_id": trial.trial_id, "mlflow_run_id": run_id, "status": status, "reason": reason,
-            "early_stopped": status == "pruned", "pareto": False, "plan_key": result.get("plan_key"),
+            "trial_id": trial.trial_id, "mlflow_run_id": self.child_runs.get(trial.trial_id), "status": status,
+            "reason": reason, "early_stopped": status == "pruned", "pareto": False, "plan_key": result.get("plan_key"),
             "epochs_trained": int(result.get("epoch", 0)), **{key: result.get(key) for key in FINAL_METRICS},
             "latency_remeasured": False, "plan_layers": result.get("plan_layers"), "node_id": result.get("node_id"),
             "training_seconds": self.epoch_seconds.get(trial.trial_id, 0.0),
@@ -324,31 +364,37 @@ class SearchTracker(tune.Callback):
             "plan": result.get("plan"), "checkpoint": checkpoint.path if checkpoint else None,
         }
         self.rows[trial.trial_id] = row
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, float(row[key]), now, row["epochs_trained"]) for key in FINAL_METRICS
-                   if row[key] is not None and key not in EPOCH_METRICS]  # those are logged every epoch
-        metrics.append(Metric("epochs_trained", row["epochs_trained"], now, row["epochs_trained"]))
-        self.client.log_batch(run_id, metrics=metrics, tags=[_tag("status", status), _tag("pareto", "false"),
-                                                            _tag("early_stopped", str(status == "pruned").lower())])
-        if row["plan"]:
-            self.client.log_text(run_id, row["plan"], "plan.json")
-        if row["plan_layers"]:
-            layers = json.loads(row["plan_layers"])
-            params = {"plan_key": row["plan_key"] or "", **group_ranks(layers)}
-            self.client.log_batch(run_id, params=[_param(k, v) for k, v in params.items()])
-            self.client.log_text(run_id, plan_markdown(layers), "plan.md")
-            self.client.log_table(run_id, {key: [layer[key] for layer in layers] for key in layers[0]},
-                                  "plan_layers.json")
-        if checkpoint:
-            self.client.set_tag(run_id, "checkpoint", checkpoint.path)
-        if row["node_id"]:
-            self.client.set_tag(run_id, "ray_node_id", row["node_id"])
-        # Stopped early is a decision of the scheduler, not a failure: FINISHED, told apart by the tag.
-        self.client.update_run(run_id, name=model_name(row, max_epochs=self.max_epochs))
-        self.client.set_terminated(run_id, {"failed": "FAILED", "interrupted": "KILLED"}.get(status, "FINISHED"))
+        self._log_final(row)
         self._update_front()
         self.folder.write_table("trials.parquet", list(self.rows.values()))
         self.log(self.progress_line(trials, row))
+
+    def _log_final(self, row: dict) -> None:
+        """Queue how a trial ended for its MLflow run: final metrics, tags, the plan, its status."""
+        now, status, epochs = int(time.time() * 1000), row["status"], row["epochs_trained"]
+        metrics = [Metric(key, float(row[key]), now, epochs) for key in FINAL_METRICS
+                   if row.get(key) is not None and key not in EPOCH_METRICS]  # those are logged every epoch
+        metrics.append(Metric("epochs_trained", epochs, now, epochs))
+        tags = [_tag("status", status), _tag("pareto", "false"), _tag("early_stopped", str(status == "pruned").lower())]
+        tags += [_tag(key, row[column]) for key, column in (("checkpoint", "checkpoint"), ("ray_node_id", "node_id"))
+                 if row.get(column)]
+        calls = [lambda client, run_id: client.log_batch(run_id, metrics=metrics, tags=tags)]
+        if row["plan"]:
+            calls.append(lambda client, run_id: client.log_text(run_id, row["plan"], "plan.json"))
+        if row["plan_layers"]:
+            layers = json.loads(row["plan_layers"])
+            params = [_param(k, v) for k, v in {"plan_key": row["plan_key"] or "", **group_ranks(layers)}.items()]
+            table = {key: [layer[key] for layer in layers] for key in layers[0]}
+            calls += [lambda client, run_id: client.log_batch(run_id, params=params),
+                      lambda client, run_id: client.log_text(run_id, plan_markdown(layers), "plan.md"),
+                      lambda client, run_id: client.log_table(run_id, table, "plan_layers.json")]
+        # Stopped early is a decision of the scheduler, not a failure: FINISHED, told apart by the tag.
+        run_status = {"failed": "FAILED", "interrupted": "KILLED"}.get(status, "FINISHED")
+        calls += [lambda client, run_id: client.update_run(run_id, name=model_name(row, max_epochs=self.max_epochs)),
+                  lambda client, run_id: client.set_terminated(run_id, run_status)]
+        config = json.loads(row["config"]) if row.get("config") else {}
+        for call in calls:
+            self._on_run(row["trial_id"], config, call)
 
     def _update_front(self, log_hypervolume: bool = True) -> None:
         """Re-tag ``pareto`` where membership changed (one row per plan) and step the parent's
@@ -359,12 +405,14 @@ class SearchTracker(tune.Callback):
             member = row["trial_id"] in on_front
             if row["pareto"] != member:
                 row["pareto"] = member
-                self.client.set_tag(row["mlflow_run_id"], "pareto", str(member).lower())
-                self.client.update_run(row["mlflow_run_id"], name=model_name(row, max_epochs=self.max_epochs))
+                config, name = json.loads(row["config"]), model_name(row, max_epochs=self.max_epochs)
+                self._on_run(row["trial_id"], config,
+                             lambda client, run_id, tag=str(member).lower(): client.set_tag(run_id, "pareto", tag))
+                self._on_run(row["trial_id"], config,
+                             lambda client, run_id, name=name: client.update_run(run_id, name=name))
         if log_hypervolume:
-            self.client.log_metric(self.parent_run_id, "hypervolume", search_hypervolume(list(self.rows.values()),
-                                                                                         self.budget),
-                                   step=len(self.rows))
+            value, step = search_hypervolume(list(self.rows.values()), self.budget), len(self.rows)
+            self.mlflow.submit(lambda client: client.log_metric(self.parent_run_id, "hypervolume", value, step=step))
 
     def remeasure_front(self, measure, max_passes: int = 5, all_up_to: int = 64) -> dict:
         """Re-measure latency with ``measure(row) -> dict`` on a quiet machine (all trials done) and
@@ -381,19 +429,19 @@ class SearchTracker(tune.Callback):
             for row in todo:
                 row.update(measure(row), latency_remeasured=True)
                 now = int(time.time() * 1000)
-                self.client.log_batch(row["mlflow_run_id"], metrics=[
-                    Metric(key, float(row[key]), now, row["epochs_trained"])
-                    for key in ("latency_ratio", "latency_ratio_spread", "latency_ms", "dense_latency_ms")],
-                    tags=[_tag("latency_remeasured", "true")])
+                metrics = [Metric(key, float(row[key]), now, row["epochs_trained"])
+                           for key in ("latency_ratio", "latency_ratio_spread", "latency_ms", "dense_latency_ms")]
+                self._on_run(row["trial_id"], json.loads(row["config"]), lambda client, run_id, metrics=metrics:
+                             client.log_batch(run_id, metrics=metrics, tags=[_tag("latency_remeasured", "true")]))
             self._update_front(log_hypervolume=False)
         remeasured = [row["latency_ratio_spread"] for row in self.rows.values() if row.get("latency_remeasured")]
         noise = {"latency_spread_median_search": float(np.median(during)) if during else float("nan"),
                  "latency_spread_median_remeasured": float(np.median(remeasured)) if remeasured else float("nan"),
                  "latency_remeasured_models": float(len(remeasured))}
-        self.client.log_batch(self.parent_run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0)
-                                                           for k, v in noise.items() if np.isfinite(v)])
-        self.client.log_metric(self.parent_run_id, "hypervolume_final",
-                               search_hypervolume(list(self.rows.values()), self.budget))
+        metrics = [Metric(k, v, int(time.time() * 1000), 0) for k, v in noise.items() if np.isfinite(v)]
+        metrics.append(Metric("hypervolume_final", search_hypervolume(list(self.rows.values()), self.budget),
+                              int(time.time() * 1000), 0))
+        self.mlflow.submit(lambda client: client.log_batch(self.parent_run_id, metrics=metrics))
         return noise
 
     def progress_line(self, trials, row: dict | None = None) -> str:
@@ -412,8 +460,10 @@ class SearchTracker(tune.Callback):
                 + (f"{counts['interrupted']} interrupted, " if counts["interrupted"] else "") +
                 f"{running} running | {best}")
 
-    def finalize(self) -> None:
-        """Front tables and plots on the parent run (overwritten when called again, e.g. on resume)."""
+    def finalize(self, timeout_s: float = 300.0) -> int:
+        """Front tables and plots on the parent run (overwritten when called again, e.g. on resume).
+        Waits (up to ``timeout_s``) for MLflow to catch up; returns the updates it still lacks."""
+        self.flush(timeout_s)  # first the child runs, so the tables carry their run ids
         rows = list(self.rows.values())
         front = pareto_rows(rows)
         self.folder.write_table("trials.parquet", rows)
@@ -422,8 +472,9 @@ class SearchTracker(tune.Callback):
                    "plan_key", "mlflow_run_id"]
         # log_dict overwrites (log_table would append to the table of an earlier, interrupted finalize)
         table = {"columns": columns, "data": [[row[c] for c in columns] for row in front]}
-        self.client.log_dict(self.parent_run_id, table, "pareto.json")
-        self.client.log_text(self.parent_run_id, _to_json(rows), "trials.json")
+        parent = self.parent_run_id
+        self.mlflow.submit(lambda client: client.log_dict(parent, table, "pareto.json"))
+        self.mlflow.submit(lambda client: client.log_text(parent, _to_json(rows), "trials.json"))
         search = self.folder.search(rows)
         title = (f"search {search.name}: {len(front)} models on the front of {len(rows)} trials "
                  f"(budget {self.budget:g} of the dense parameters)")
@@ -431,13 +482,15 @@ class SearchTracker(tune.Callback):
                           export_command=lambda row: export_command(search, row), title=title,
                           max_epochs=self.max_epochs)
         self.folder.write_text(FRONT_HTML, page)
-        self.client.log_text(self.parent_run_id, page, FRONT_HTML)
+        self.mlflow.submit(lambda client: client.log_text(parent, page, FRONT_HTML))
         for name, figure in front_pngs(rows, budget=self.budget, title=title).items():
-            self.client.log_figure(self.parent_run_id, figure, name)
-            plt.close(figure)
-        self.client.set_tag(self.parent_run_id, "mlflow.note.content",
-                            front_markdown(search, rows, budget=self.budget, max_epochs=self.max_epochs,
-                                           experiment_id=self.experiment_id, parent_run_id=self.parent_run_id))
+            self.mlflow.submit(lambda client, figure=figure, name=name: client.log_figure(parent, figure, name))
+        note = front_markdown(search, rows, budget=self.budget, max_epochs=self.max_epochs,
+                              experiment_id=self.experiment_id, parent_run_id=parent)
+        self.mlflow.submit(lambda client: client.set_tag(parent, "mlflow.note.content", note))
+        left = self.flush(timeout_s)
+        plt.close("all")
+        return left
 
 
 class ChildRuns:
@@ -452,8 +505,11 @@ class ChildRuns:
     def __call__(self, trial_id: str) -> str | None:
         if trial_id not in self._known:
             wanted = f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
-            runs = MlflowClient(self.tracking_uri).search_runs([self.experiment_id], filter_string=wanted,
-                                                               max_results=1)
+            try:
+                runs = MlflowClient(self.tracking_uri).search_runs([self.experiment_id], filter_string=wanted,
+                                                                   max_results=1)
+            except Exception:  # noqa: BLE001 - MLflow down: the link is optional, the search goes on
+                return None
             if not runs:
                 return None
             self._known[trial_id] = runs[0].info.run_id

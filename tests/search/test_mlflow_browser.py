@@ -10,12 +10,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -23,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY_SPACE, run_cli
+from conftest import TINY_SPACE, free_port, mlflow_server_command, run_cli, serve, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -40,46 +36,14 @@ needs_chromium = pytest.mark.skipif(
     reason="needs Chromium and ChromeDriver (apt-get install chromium chromium-driver); .ci/run installs them")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _serve(command: list[str], url: str, what: str):
-    """Start ``command`` and wait until ``url`` answers; the process, to stop afterwards."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return process
-        except OSError:
-            if time.time() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail(f"{what} did not start")
-            time.sleep(0.5)
-
-
-def _stop(process) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = _serve([sys.executable, "-m", "mlflow", "server",
-                     "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-                     "--default-artifact-root", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                     "--workers", "1"], f"{uri}/health", "mlflow server")
+    server = serve(mlflow_server_command(folder, port), f"{uri}/health", "mlflow server")
     yield uri
-    _stop(server)
+    stop(server)
 
 
 @pytest.fixture(scope="module")
@@ -221,9 +185,9 @@ def test_optuna_dashboard_shows_the_named_pareto_front(search, browser):
     from selenium.webdriver.common.by import By
 
     folder, _, _ = search
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    dashboard = _serve([str(DASHBOARD), f"sqlite:///{folder / 'automl_runs' / 'ui' / 'optuna.db'}",
+    dashboard = serve([str(DASHBOARD), f"sqlite:///{folder / 'automl_runs' / 'ui' / 'optuna.db'}",
                         "--host", "127.0.0.1", "--port", str(port)], f"{url}/api/studies", "optuna-dashboard")
     try:
         browser.get(f"{url}/dashboard/studies/1")
@@ -234,4 +198,4 @@ def test_optuna_dashboard_shows_the_named_pareto_front(search, browser):
         browser.save_screenshot(str(folder / "dashboard.png"))
         assert "Objective 0" not in browser.find_element(By.TAG_NAME, "body").text
     finally:
-        _stop(dashboard)
+        stop(dashboard)
