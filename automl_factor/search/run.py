@@ -142,6 +142,17 @@ def start_ray(address: str | None) -> None:
              logging_level=logging.WARNING)
 
 
+def check_cluster(space) -> None:
+    """Refuse (``UsageError``) a space the cluster cannot serve: a latency resource no node has
+    (its timing tasks would wait forever)."""
+    resource = space.latency.resource
+    if resource is not None and ray.cluster_resources().get(resource, 0) < 1:
+        have = sorted(key for key in ray.cluster_resources() if not key.startswith("node:"))
+        raise UsageError(f"latency.resource {resource!r} is on no node of the Ray cluster (resources: "
+                         f"{', '.join(have)}); start the node to time on with "
+                         f"`ray start --resources '{{\"{resource}\": 1}}'`, or leave latency.resource out")
+
+
 def trial_gpus(options) -> float:
     """GPUs each trial asks Ray for: the option, or by default a quarter GPU when the cluster has
     GPUs (several trials per GPU: one CIFAR-size trial cannot fill one), else none."""
@@ -167,15 +178,21 @@ def _run_search(prepared) -> tuple[list[dict], dict]:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     mlflow.set_tracking_uri(options.mlflow_uri)
     client = MlflowClient(options.mlflow_uri)
-    experiment_id, parent_run_id = _parent_run(prepared, client)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        start_ray(options.address)
+    try:
+        check_cluster(space)
+        experiment_id, parent_run_id = _parent_run(prepared, client)
+    except BaseException:
+        if started_ray:
+            ray.shutdown()
+        raise
     print(f"search {prepared.name}: {space.model} on {space.data.name}, budget {options.budget_fraction:g} of "
           f"{prepared.dense_params:,} params, {options.num_samples} trials x {space.max_epochs} epochs, "
           f"{options.sampler} + {options.scheduler}", flush=True)
     print(f"results: {prepared.run_uri}   MLflow: {options.mlflow_uri} (parent run {parent_run_id})", flush=True)
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        start_ray(options.address)
     cost_cache = start_cost_cache()  # noqa: F841 - held so the actor lives as long as the search
     tracker = SearchTracker(tracking_uri=options.mlflow_uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
                             folder=RunFolder(prepared.run_uri), max_epochs=space.max_epochs,
@@ -269,6 +286,8 @@ def _remeasure_front(prepared, tracker: SearchTracker) -> dict:
     the machine, and recompute the front. On the driver, on the space's latency target."""
     space = prepared.space
     target = space.latency
+    if target.resource is not None:  # timed on a dedicated node, one timing at a time: already quiet
+        return {}
     if target.device == "cuda" and not torch.cuda.is_available():
         print("latency: the driver has no GPU for latency.device 'cuda'; the front keeps the in-search timings")
         return {}

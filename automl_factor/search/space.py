@@ -91,6 +91,10 @@ class LatencyTarget(_Strict):
     batch_size: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     rounds: int = Field(5, ge=1)
+    # A Ray custom resource naming the machine to time on (one started with `ray start --resources
+    # '{"latency_target": 1}'`); each timing takes all of it, so timings there never overlap.
+    # None: where the trial trains, then again on the driver once the search has ended.
+    resource: str | None = None
 
 
 class SearchSpace(_Strict):

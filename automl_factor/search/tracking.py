@@ -59,7 +59,8 @@ FINAL_STATUSES = ("complete", "pruned", "failed")
 STATUSES = (*FINAL_STATUSES, "interrupted")
 TIME_BUDGET_REASON = "stopped by the time budget"
 COLUMNS = ["trial_id", "mlflow_run_id", "status", "reason", "early_stopped", "pareto", "plan_key", "epochs_trained",
-           *FINAL_METRICS, "latency_remeasured", "node_id", "training_seconds", "wall_seconds", "started_at", "finished_at",
+           *FINAL_METRICS, "latency_remeasured", "node_id", "latency_node_id", "training_seconds", "wall_seconds",
+           "started_at", "finished_at",
            "config", "plan", "plan_layers", "checkpoint"]
 
 
@@ -358,6 +359,7 @@ class SearchTracker(tune.Callback):
             "reason": reason, "early_stopped": status == "pruned", "pareto": False, "plan_key": result.get("plan_key"),
             "epochs_trained": int(result.get("epoch", 0)), **{key: result.get(key) for key in FINAL_METRICS},
             "latency_remeasured": False, "plan_layers": result.get("plan_layers"), "node_id": result.get("node_id"),
+            "latency_node_id": result.get("latency_node_id"),
             "training_seconds": self.epoch_seconds.get(trial.trial_id, 0.0),
             "wall_seconds": result.get("time_total_s"), "started_at": _start_time(result),
             "finished_at": time.time(), "config": json.dumps(trial.config, sort_keys=True),
@@ -517,23 +519,23 @@ class ChildRuns:
 
 
 def failure_reason(trial) -> str:
-    """Why a trial failed, in one line: the exception of a Python error, or Ray's account of a dead
-    worker (not the path of Ray's error file), with how many times it failed."""
-    texts = []
-    for read in (trial.get_pickled_error, trial.get_error, lambda: Path(trial.error_file or "").read_text()):
-        try:
-            texts.append(str(read() or "").strip())
-        except Exception:  # noqa: BLE001 - the reason is informational; try what else Ray recorded
-            pass
-    text = next((text for text in texts if text), "")
-    last = text.rsplit("Failure # ", 1)[-1]
-    lines = [line.strip() for line in last.splitlines() if line.strip()]
-    if any(line.startswith("Traceback") for line in lines):  # a Python exception: its last line says it
-        summary = lines[-1]
-    else:  # Ray's account of a dead actor: the untabbed sentences
-        summary = " ".join(line for line in last.splitlines()[1:] if line.strip() and not line.startswith("\t"))
+    """Why a trial failed, in one line: the exception a Python error raised, or Ray's account of a
+    dead worker (not the path of Ray's error file), with how many times it failed."""
+    summary = ""
+    try:
+        error = trial.get_pickled_error()
+        cause = getattr(error, "cause", None)  # a RayTaskError wraps the trainable's own exception
+        if isinstance(cause, BaseException):
+            summary = f"{type(cause).__name__}: {cause}"
+        elif error is not None:
+            summary = str(error)
+        if not summary.strip():
+            summary = str(trial.get_error() or "") or Path(trial.error_file or "").read_text()
+    except Exception:  # noqa: BLE001 - the reason is informational; fall back to what Ray recorded
+        summary = summary or str(trial.error_file or "")
+    lines = [line.strip() for line in summary.rsplit("Failure # ", 1)[-1].splitlines() if line.strip()]
     failures = trial.run_metadata.num_failures
-    return (f"failed {failures} times: " if failures > 1 else "") + (summary or "error")[:500]
+    return (f"failed {failures} times: " if failures > 1 else "") + (lines[-1] if lines else "error")[:500]
 
 
 def _trial_summary(row: dict, max_epochs: int) -> str:

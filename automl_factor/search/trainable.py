@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import ray
 import torch
 from ray import tune
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from ..factorization import collapse, count_params, factorize
 from ..train import (DataBundle, TrainingDiverged, build_model, compile_seconds, count_flops, evaluate, iterate_batches, load_weights,
@@ -74,14 +74,26 @@ def start_cost_cache() -> "ray.actor.ActorHandle":
 
 def measure_cost(model: torch.nn.Module, dense: torch.nn.Module, image_shape: tuple[int, ...],
                  target: LatencyTarget) -> dict:
-    """The deployed model's latency on ``target`` (paired with dense: ratio, spread, both ms) and FLOPs."""
+    """The deployed model's latency on ``target`` (paired with dense: ratio, spread, both ms) and FLOPs;
+    with ``target.resource``, on the node that has it (a Ray task holding all of it)."""
+    if target.resource is not None and ray.is_initialized():
+        # Outside the trial's placement group (which has no such resource): on the node that has it.
+        remote = _measure_remote.options(resources={target.resource: 1}, scheduling_strategy=(
+            PlacementGroupSchedulingStrategy(placement_group=None)))
+        return ray.get(remote.remote(model, dense, image_shape, target.model_copy(update={"resource": None})))
     if target.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("latency.device is 'cuda' but this worker sees no GPU; use --gpus-per-trial or "
                          "latency.device: cpu")
     shape = (target.batch_size, *image_shape)
     timing = paired_latency(model, dense, shape, rounds=target.rounds, threads=target.threads, device=target.device)
     return {"latency_ratio": timing.ratio, "latency_ratio_spread": timing.spread, "latency_ms": timing.ms,
-            "dense_latency_ms": timing.dense_ms, "flops": count_flops(model, (1, *image_shape))}
+            "dense_latency_ms": timing.dense_ms, "flops": count_flops(model, (1, *image_shape)),
+            "latency_node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None}
+
+
+@ray.remote(num_cpus=0)
+def _measure_remote(model, dense, image_shape, target: LatencyTarget) -> dict:
+    return measure_cost(model, dense, image_shape, target)
 
 
 def cached_cost(model: torch.nn.Module, dense: torch.nn.Module, image_shape: tuple[int, ...],
@@ -91,7 +103,7 @@ def cached_cost(model: torch.nn.Module, dense: torch.nn.Module, image_shape: tup
     if not ray.is_initialized():  # outside Ray (ray.get_actor would start a local Ray runtime)
         return measure_cost(model, dense, image_shape, target)
     key = architecture_key(model, (target.batch_size, *image_shape), torch.device(target.device))
-    key += f"|{target.threads}|{target.rounds}"
+    key += f"|{target.threads}|{target.rounds}|{target.resource}"
     try:
         cache = ray.get_actor(COST_CACHE)
     except ValueError:

@@ -2,6 +2,7 @@
 trials spread over the nodes, and a node lost mid-search costs no trial."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +25,8 @@ SPACE = TINY_SPACE.replace("train_subset: 400", "train_subset: 1150")
 @pytest.fixture
 def three_node_cluster():
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    # The last node is the deployment target latency is timed on (a custom resource marks it).
+    workers = [cluster.add_node(num_cpus=1), cluster.add_node(num_cpus=1, resources={"latency_target": 1})]
     cluster.wait_for_nodes()
     yield cluster, workers
     cluster.shutdown()
@@ -35,8 +37,9 @@ def _rows(folder: Path) -> list[dict]:
 
 
 def test_search_spreads_trials_over_an_existing_cluster(three_node_cluster, tmp_path: Path):
-    cluster, _ = three_node_cluster
-    (tmp_path / "tiny.yaml").write_text(SPACE)
+    """Trials on all nodes; latency timed on the node with the space's latency.resource only."""
+    cluster, workers = three_node_cluster
+    (tmp_path / "tiny.yaml").write_text(SPACE + "latency: {resource: latency_target}\n")
     completed = run_cli("automl_factor.search", "--address", cluster.address, "--space", "tiny.yaml",
                         "--num-samples", "4", "--max-epochs", "4", "--scheduler", "fifo", "--name", "c", cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -44,6 +47,7 @@ def test_search_spreads_trials_over_an_existing_cluster(three_node_cluster, tmp_
     assert [row["status"] for row in rows] == ["complete"] * 4
     # One CPU per node and per trial: trials overlapping in time ran on different nodes.
     assert len({row["node_id"] for row in rows}) >= 2, [row["node_id"] for row in rows]
+    assert {row["latency_node_id"] for row in rows} == {workers[1].node_id}
     # The driver joined the cluster instead of starting its own runtime: the cluster is still up.
     assert len([node for node in cluster.list_all_nodes() if node.remaining_processes_alive()]) == 3
 
@@ -58,13 +62,19 @@ def test_a_worker_node_lost_mid_search_costs_no_trial(three_node_cluster, tmp_pa
          "--num-samples", "4", "--max-epochs", "4", "--scheduler", "fifo", "--name", "c"],
         cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
-    lines, deadline = [], time.time() + 300
-    for line in process.stdout:  # remove a worker node once trials train on all three
-        lines.append(line)
-        if "finished |" in line or time.time() > deadline:  # (by then the others train)
-            cluster.remove_node(workers[0])
-            break
-    output = "".join(lines) + process.communicate(timeout=900)[0]
+    # Remove a worker node while a trial trains there, past its first checkpoint (each result names
+    # its node). (A trial whose actor is still starting when its node goes is failed by Tune.)
+    run_folder, deadline, lost = tmp_path / "automl_runs" / "c", time.time() + 300, None
+    while lost is None and time.time() < deadline:
+        for results in run_folder.glob("trial_*/result.json"):
+            last = (results.read_text().strip().splitlines() or ["{}"])[-1]
+            result = json.loads(last) if last.endswith("}") else {}
+            lost = next((node for node in workers if node.node_id == result.get("node_id")
+                         and result.get("epoch", 4) < 3), lost)
+        time.sleep(0.1)
+    assert lost is not None, "no trial trained on a worker node"
+    cluster.remove_node(lost)
+    output = process.communicate(timeout=900)[0]
     assert process.returncode == 0, output[-3000:]
     rows = _rows(tmp_path)
     assert len(rows) == 4 and {row["status"] for row in rows} == {"complete"}, output[-3000:]
@@ -78,3 +88,14 @@ def test_a_worker_node_lost_mid_search_costs_no_trial(three_node_cluster, tmp_pa
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]
         assert sorted(steps) == [1, 2, 3, 4], steps  # each epoch once, though one trial restarted mid-way
+
+
+def test_a_latency_resource_no_node_has_is_refused(three_node_cluster, tmp_path: Path):
+    cluster, _ = three_node_cluster
+    (tmp_path / "tiny.yaml").write_text(SPACE + "latency: {resource: phone}\n")
+    completed = run_cli("automl_factor.search", "--address", cluster.address, "--space", "tiny.yaml", "--name", "c",
+                        cwd=tmp_path)
+    assert completed.returncode == 2, completed.stdout[-2000:] + completed.stderr[-2000:]
+    assert completed.stderr.startswith("error: latency.resource 'phone' is on no node") and \
+        completed.stderr.count("\n") == 1, completed.stderr
+    assert not (tmp_path / "automl_runs" / "c" / "search.json").exists()
