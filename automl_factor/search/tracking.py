@@ -268,7 +268,7 @@ class SearchTracker(tune.Callback):
         ended = {run.data.tags[TRIAL_TAG] for run in runs if run.info.status != "RUNNING" and TRIAL_TAG in run.data.tags}
         for trial_id, row in self.rows.items():
             if self._final(trial_id) and trial_id not in ended:
-                self._log_final(row)
+                self._log_final(row, with_epoch_metrics=trial_id not in self.child_runs)
         # Trials a stop cut short continue: their epochs so far are in MLflow (a trial restored from
         # an older checkpoint repeats epochs, which are not logged twice) and their training time.
         for trial_id, run_id in self.child_runs.items():
@@ -371,13 +371,15 @@ class SearchTracker(tune.Callback):
         self.folder.write_table("trials.parquet", list(self.rows.values()))
         self.log(self.progress_line(trials, row))
 
-    def _log_final(self, row: dict) -> None:
-        """Queue how a trial ended for its MLflow run: final metrics, tags, the plan, its status."""
+    def _log_final(self, row: dict, with_epoch_metrics: bool = False) -> None:
+        """Queue how a trial ended for its MLflow run: final metrics, tags, the plan, its status.
+        The per-epoch ones too (their last value) for a run MLflow never saw."""
         now, status, epochs = int(time.time() * 1000), row["status"], row["epochs_trained"]
         metrics = [Metric(key, float(row[key]), now, epochs) for key in FINAL_METRICS
-                   if row.get(key) is not None and key not in EPOCH_METRICS]  # those are logged every epoch
+                   if row.get(key) is not None and (with_epoch_metrics or key not in EPOCH_METRICS)]
         metrics.append(Metric("epochs_trained", epochs, now, epochs))
-        tags = [_tag("status", status), _tag("pareto", "false"), _tag("early_stopped", str(status == "pruned").lower())]
+        tags = [_tag("status", status), _tag("pareto", str(bool(row.get("pareto"))).lower()),
+                _tag("early_stopped", str(status == "pruned").lower())]
         tags += [_tag(key, row[column]) for key, column in (("checkpoint", "checkpoint"), ("ray_node_id", "node_id"))
                  if row.get(column)]
         calls = [lambda client, run_id: client.log_batch(run_id, metrics=metrics, tags=tags)]
