@@ -3,8 +3,9 @@
 A resumed search is the same search continued: its settings come from the saved options, not from
 today's defaults. A flag given on the resume command line that differs from the saved value is
 refused (one line naming each), so "resume with the printed command" can never quietly train
-under other settings. Only where the search runs may change: the cluster (``--address``) and the
-time budget. Imports neither Ray nor MLflow.
+under other settings. Only where the search runs may change: the cluster (``--address``). (The time
+budget and concurrency are part of what Ray restores, so they cannot change either.) Imports
+neither Ray nor MLflow.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ __all__ = ["STATE_FILE", "read_state", "write_state", "resumed_options", "saved_
 
 STATE_FILE = "search.json"  # parent run id, tracking store and options: for --resume, show and export
 # Options a resume may set anew: where it runs, for how long, and which search it is.
-FROM_RESUME_COMMAND = ("resume", "name", "storage_path", "address", "time_budget_s", "max_concurrent")
+FROM_RESUME_COMMAND = ("resume", "name", "storage_path", "address")
 
 
 def _location(run_uri: str) -> tuple[pafs.FileSystem, str]:

@@ -129,7 +129,8 @@ def test_validation_split_is_required(tmp_path):
 
 def test_latency_target_defaults_and_budget_use_is_log_uniform():
     space = SearchSpace()
-    assert space.latency.model_dump() == {"device": "cpu", "batch_size": 1, "threads": 1, "rounds": 5}
+    assert space.latency.model_dump() == {"device": "cpu", "batch_size": 1, "threads": 1, "rounds": 5,
+                                          "resource": None}
     assert space.budget_use == (0.1, 1.0)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()

@@ -50,8 +50,8 @@ def test_the_cache_actor_measures_each_architecture_once():
         assert architecture_key(other_weights, (1, 1024), torch.device("cpu")) == \
             architecture_key(small, (1, 1024), torch.device("cpu"))
         assert cached_cost(other_weights, dense, (1024,), TARGET) == first  # read back, not re-measured
-        key = architecture_key(small, (1, 1024), torch.device("cpu")) + "|1|3"
+        key = architecture_key(small, (1, 1024), torch.device("cpu")) + "|1|3|None"
         assert ray.get(cache.get.remote(key)) == first
-        assert ray.get(cache.get.remote(architecture_key(dense, (1, 1024), torch.device("cpu")) + "|1|3")) is None
+        assert ray.get(cache.get.remote(architecture_key(dense, (1, 1024), torch.device("cpu")) + "|1|3|None")) is None
     finally:
         ray.shutdown()
