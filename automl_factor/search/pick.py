@@ -35,6 +35,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .saved import STATE_FILE  # parent run, tracking URI, options of a search
+
 __all__ = ["DEFAULT_STORAGE", "PICKS", "Constraints", "PickError", "Search", "Pick", "search_names", "open_search",
            "find_trial", "pick", "knee", "best", "plan_summary", "plan_label", "model_name", "export_command",
            "python_command", "add_constraint_options", "constraints_from"]
@@ -42,7 +44,6 @@ __all__ = ["DEFAULT_STORAGE", "PICKS", "Constraints", "PickError", "Search", "Pi
 DEFAULT_STORAGE = "./automl_runs"
 TRIALS_TABLE = "trials.parquet"
 FRONT_TABLE = "pareto.parquet"   # written once the search has finished
-STATE_FILE = "search.json"       # run.STATE_FILE (not imported: run.py imports Ray)
 PICKS = ("knee", "best", "best-under")
 
 

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from ..cli import UsageError
 from .options import SearchOptions
+from .saved import STATE_FILE
 
 __all__ = ["Prepared", "prepare", "DEFAULT_SPACE", "resolve_space", "check_mlflow_uri", "check_address",
            "check_storage"]
@@ -175,7 +176,7 @@ def _run_location(options) -> tuple[str, str]:
         filesystem, path = pafs.FileSystem.from_uri(storage if "://" in storage else Path(storage).as_uri())
         infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
         folders = [info for info in infos if info.type == pafs.FileType.Directory]
-        saved = filesystem.get_file_info([f"{info.path}/search.json" for info in folders])  # (saved.STATE_FILE)
+        saved = filesystem.get_file_info([f"{info.path}/{STATE_FILE}" for info in folders])
         names = sorted(info.base_name for info, state in zip(folders, saved) if state.type == pafs.FileType.File)
         if not names:
             raise UsageError(f"--resume: no search to resume under {options.storage_path!r}")
