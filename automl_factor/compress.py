@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--weights", required=True, help="its trained state dict (a file, or a `train --out` folder)")
     parser.add_argument("--dataset", default="digits", help="dataset spec the model was trained on (see train --help)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="training images held out to select models")
+    parser.add_argument("--train-subset", type=int, default=None,
+                        help="fine-tune on the first this many training images (default: all)")
+    parser.add_argument("--test-subset", type=int, default=None, help="report on the first this many test images")
     parser.add_argument("--budget-params", type=float, default=0.3, help="keep at most this fraction of the parameters")
     parser.add_argument("--uniform", action="store_true", help="one rank ratio for every layer (the baseline)")
     parser.add_argument("--max-epochs", type=int, default=4, help="fine-tuning epochs of a full trial")
@@ -45,7 +48,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 def compression_space(model_name: str, weights: str, dataset: str, *, val_fraction: float = 0.2,
-                      uniform: bool = False, max_epochs: int = 4, lr: float = 0.01, batch_size: int = 64) -> dict:
+                      train_subset: int | None = None, test_subset: int | None = None, uniform: bool = False,
+                      max_epochs: int = 4, lr: float = 0.01, batch_size: int = 64) -> dict:
     """The search space (as the YAML mapping a space file holds) that compresses ``model_name``."""
     from .factorization import factorizable_layers
     from .train import build_model, load
@@ -61,7 +65,9 @@ def compression_space(model_name: str, weights: str, dataset: str, *, val_fracti
                    "rank_fraction": [0.02, 1.0], "layouts": ["channel"], "inits": ["spectral", "activation"],
                    "regularizers": ["fd"]} for stage in stages]
     return {"model": {"name": model_name, "weights": str(Path(weights).expanduser().resolve())},
-            "data": {"name": dataset, "val_fraction": val_fraction},
+            "data": {"name": dataset, "val_fraction": val_fraction,
+                     **{key: value for key, value in (("train_subset", train_subset), ("test_subset", test_subset))
+                        if value is not None}},
             "recipe": {"lr": lr, "schedule": "cosine", "batch_size": batch_size, "weight_decay": 5e-4},
             "max_epochs": max_epochs, "budget_use": [0.1, 1.0], "groups": groups}
 
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         space_file = Path(folder) / "compress.yaml"
         try:
             space = compression_space(args.model, args.weights, args.dataset, val_fraction=args.val_fraction,
+                                      train_subset=args.train_subset, test_subset=args.test_subset,
                                       uniform=args.uniform, max_epochs=args.max_epochs, lr=args.lr,
                                       batch_size=args.batch_size)
             space_file.write_text(yaml.safe_dump(space, sort_keys=False))

@@ -37,6 +37,7 @@ from automl_factor.search.space import SearchSpace, energy_point, plan_for
 from automl_factor.train import TrainConfig, build_model, evaluate, fit, load
 
 METHODS = ("uniform", "energy", "search", "scratch")
+VAL_FRACTION = 0.1  # as the search splits it (seeded by --seed): the dense model never trains on its validation images
 
 
 def parse_args(argv=None):
@@ -74,7 +75,9 @@ def run_search(args, weights: Path, ratio: float, seed: int, folder: Path) -> di
     name = f"r{ratio:g}-s{seed}"
     command = [sys.executable, "-m", "automl_factor.compress", "--model", "resnet20", "--weights", str(weights),
                "--dataset", args.spec, "--budget-params", str(ratio), "--num-samples", str(args.search_samples),
-               "--max-epochs", str(args.epochs), "--seed", str(seed), "--name", name,
+               "--max-epochs", str(args.epochs), "--seed", str(seed), "--name", name, "--val-fraction", str(VAL_FRACTION),
+               *(["--train-subset", str(args.train_subset)] if args.train_subset else []),
+               *(["--test-subset", str(args.test_subset)] if args.test_subset else []),
                "--storage-path", str(folder / "runs"), "--mlflow-uri", f"sqlite:///{folder / 'mlflow.db'}"]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=folder)
     if completed.returncode != 0:
@@ -107,10 +110,11 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"machine: {machine()}; device {args.device}", flush=True)
-    data = load(args.spec, val_fraction=0.1, train_subset=args.train_subset, test_subset=args.test_subset, seed=0)
     work = Path(tempfile.mkdtemp(prefix="compress-bench-"))
     results = []
     for seed in range(args.seeds):
+        data = load(args.spec, val_fraction=VAL_FRACTION, train_subset=args.train_subset,
+                    test_subset=args.test_subset, seed=seed)
         torch.manual_seed(seed)
         dense = build_model("resnet20", data).to(args.device)
         fit(dense, data, TrainConfig(epochs=args.dense_epochs, batch_size=64, lr=0.05), seed=seed)

@@ -19,7 +19,7 @@ import moocore
 import numpy as np
 
 __all__ = ["Objective", "OBJECTIVES", "NAMES", "MODES", "LATENCY_NOISE_FLOOR", "objective_matrix",
-           "tolerance_matrix", "nondominated", "pareto_ranks", "crowding_distance", "promotion_order",
+           "tolerance_matrix", "nondominated", "pareto_ranks", "crowding_distance", "promotion_order", "front_extremes",
            "hypervolume_matrix", "hypervolume", "hv_reference"]
 
 
@@ -142,6 +142,24 @@ def promotion_order(points: np.ndarray, tolerance: np.ndarray | None = None) -> 
         members = np.flatnonzero(ranks == rank)
         extremes[members], crowding[members] = crowding_distance(points[members])
     return np.lexsort((-points[:, 0], -crowding, -extremes, ranks))
+
+
+def front_extremes(points: np.ndarray, tolerance: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the (ε-)front's members that are best in an exactly measured objective (the
+    smallest, the most accurate): the ends of the front, which MO-ASHA never cuts. Noisy objectives
+    (latency) name no extreme: their best is often the luckiest measurement."""
+    extremes = np.zeros(len(points), dtype=bool)
+    if len(points) == 0:
+        return extremes
+    front = pareto_ranks(points, tolerance) == 0
+    for j, objective in enumerate(OBJECTIVES):
+        if objective.noise is not None:
+            continue
+        values = objective.sign * points[:, j]
+        best = values[front].min()
+        if values[front].max() > best:  # the front varies in this objective: its best end is an extreme
+            extremes |= front & (values == best)
+    return extremes
 
 
 def hv_reference() -> tuple[float, ...]:

@@ -35,7 +35,7 @@ from .pareto import MODES, NAMES, OBJECTIVES
 from .saved import STATE_FILE, absolute_store, read_state, saved_form, write_state
 from .lock import search_lock
 from .schedulers import STATE_FILE as MOASHA_STATE_FILE
-from .schedulers import MultiObjectiveASHA
+from .schedulers import MultiObjectiveASHA, default_grace_period
 from .searcher import FullBudgetOptunaSearch, make_sampler
 from .store import init_tracking_store
 from .space import PlanKeys, SpaceSampler, energy_point, paper_recipe_point, smallest_plan_params
@@ -83,11 +83,8 @@ def _parent_run(prepared, client: MlflowClient) -> tuple[str, str]:
     return experiment_id, run_id
 
 
-def _scheduler(options, max_epochs: int, run_uri: str):
-    # The first rung at a third of the schedule by default: earlier, accuracy says little about the
-    # final ranking (before the first learning-rate step), and two rungs at η=3 leave ~1/9 of the
-    # trials complete, too few for a front.
-    grace_period = min(options.grace_period or max(1, max_epochs // 3), max_epochs)
+def _scheduler(options, max_epochs: int, run_uri: str, schedule: str):
+    grace_period = min(options.grace_period or default_grace_period(schedule, max_epochs), max_epochs)
     if options.scheduler == "moasha":
         return MultiObjectiveASHA(max_t=max_epochs, grace_period=grace_period,
                                   reduction_factor=options.reduction_factor,
@@ -106,18 +103,24 @@ def _searcher(prepared, rank_multiple: int, child_runs: ChildRuns) -> FullBudget
         storage = optuna.storages.RDBStorage(f"sqlite:///{prepared.run_uri}/optuna.db")
     dense = build_model(space.model, prepared.data, **space.model_kwargs)
     smallest_share = smallest_plan_params(space, dense) / (options.budget_fraction * prepared.dense_params)
+    sampler = SpaceSampler(space, smallest_share=smallest_share)
+    low, high = sampler.budget_use_range()
     return FullBudgetOptunaSearch(
-        space=SpaceSampler(space, smallest_share=smallest_share), metric=list(NAMES), mode=list(MODES),
+        space=sampler, metric=list(NAMES), mode=list(MODES),
         plan_key=PlanKeys(space, dense, options.budget_fraction, rank_multiple),
-        points_to_evaluate=_first_points(space, prepared.data) if options.warm_start else None,
+        points_to_evaluate=_first_points(space, prepared.data, low if low < high else None)
+        if options.warm_start else None,
         sampler=make_sampler(options.sampler, options.seed, startup_trials=max(4, min(10, options.num_samples // 4))),
         storage=storage, study_name=prepared.name, max_epochs=space.max_epochs, mlflow_run_id=child_runs)
 
 
-def _first_points(space, data) -> list[dict]:
-    """The proposals the search starts from: the paper's uniform ratio and, when compressing a trained
-    model, the ranks its spectra suggest (``energy_point``)."""
+def _first_points(space, data, smallest_share: float | None = None) -> list[dict]:
+    """The proposals the search starts from: the paper's uniform ratio filling the budget, the same
+    recipe at the smallest size the sampler proposes (``smallest_share``, when it samples the size),
+    and, when compressing a trained model, the ranks its spectra suggest (``energy_point``)."""
     points = [paper_recipe_point(space)]
+    if smallest_share is not None:  # the front's small end, trained once rather than left to chance
+        points.append({**points[0], "budget_use": smallest_share})
     if space.weights is not None:
         trained = load_weights(build_model(space.model, data, **space.model_kwargs), space.weights)
         energy = energy_point(space, trained)
@@ -216,7 +219,8 @@ def _run_search(prepared) -> tuple[list[dict], dict]:
                     trainable,
                     tune_config=tune.TuneConfig(search_alg=_searcher(prepared, rank_multiple, ChildRuns(
                                                 options.mlflow_uri, experiment_id, parent_run_id)),
-                                                scheduler=_scheduler(options, space.max_epochs, prepared.run_uri),
+                                                scheduler=_scheduler(options, space.max_epochs, prepared.run_uri,
+                                                                     space.recipe.schedule),
                                                 num_samples=options.num_samples, max_concurrent_trials=options.max_concurrent,
                                                 time_budget_s=options.time_budget_s,
                                                 trial_dirname_creator=trial_dirname,

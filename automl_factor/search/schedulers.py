@@ -4,8 +4,10 @@ Plain ASHA ranks trials at each rung by accuracy alone, which cuts the small, ch
 front needs. Here, as in Syne Tune's MOASHA (Schmucker et al., 2021), a trial reaching a rung is
 ranked among all trials recorded at that rung by non-dominated sorting over ``pareto.OBJECTIVES``
 (ε-dominance on latency), ties within a Pareto rank broken by crowding distance so the rung keeps
-the front's extremes and spread (small models included), and continues only if it is in the top
-1/reduction_factor. Rungs sit at ``grace_period · reduction_factor^k`` epochs below ``max_t``.
+the front's spread (small models included), and continues if it is in the top 1/reduction_factor,
+or if it is an end of the rung's front (the smallest or the most accurate so far,
+``pareto.front_extremes``): early in a search a rung holds few trials, and a top-1/3 cut alone
+would stop the smallest model because the first, larger one is more accurate. Rungs sit at ``grace_period · reduction_factor^k`` epochs below ``max_t``.
 
 Ray checkpoints the searcher with the experiment, not the scheduler. With ``state_uri`` the rungs
 and the stopped trials are written there (JSON, local path or pyarrow URI) whenever they change,
@@ -22,13 +24,25 @@ import numpy as np
 import pyarrow.fs as pafs
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from .pareto import NAMES, OBJECTIVES, promotion_order, tolerance_matrix
+from ..train import first_epoch_after_decay
+from .pareto import NAMES, OBJECTIVES, front_extremes, promotion_order, tolerance_matrix
 from .trainable import FAILED_REASON
 
-__all__ = ["MultiObjectiveASHA", "STATE_FILE"]
+__all__ = ["MultiObjectiveASHA", "STATE_FILE", "default_grace_period"]
 
 STATE_FILE = "moasha.json"
 _KEYS = (*NAMES, *(objective.noise for objective in OBJECTIVES if objective.noise))
+
+
+def default_grace_period(schedule: str, max_epochs: int) -> int:
+    """The first rung, in epochs: the first epoch after the multistep schedule's first drop (7 of
+    12), where accuracy starts to rank models as their last epoch will; else a third of the epochs.
+
+    Measured on the default space (digits, 10 random plans, 12 epochs, multistep): Spearman's rank
+    correlation with the last epoch's validation accuracy is 0.30 at epoch 4 (the old first rung),
+    0.39 at epoch 6, 0.82 at epoch 7 and 0.95 at epoch 8."""
+    after = first_epoch_after_decay(schedule, max_epochs)
+    return after if after is not None and after < max_epochs else max(1, max_epochs // 3)
 
 
 class _Rung:
@@ -44,9 +58,10 @@ class _Rung:
         ids = list(self.recorded)
         rows = [self.recorded[i] for i in ids]
         points = np.array([[row[name] for name in NAMES] for row in rows], dtype=float)
-        order = promotion_order(points, tolerance_matrix(rows))
-        position = int(np.flatnonzero(order == ids.index(trial_id))[0])
-        return position < max(1, math.ceil(len(ids) / reduction_factor))
+        tolerance = tolerance_matrix(rows)
+        index = ids.index(trial_id)
+        position = int(np.flatnonzero(promotion_order(points, tolerance) == index)[0])
+        return position < max(1, math.ceil(len(ids) / reduction_factor)) or bool(front_extremes(points, tolerance)[index])
 
 
 class MultiObjectiveASHA(FIFOScheduler):

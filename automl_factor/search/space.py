@@ -182,6 +182,11 @@ class SpaceSampler:
         # that plan: sampling them would crowd the search at the minimum size.
         self.space, self.smallest_share = space, smallest_share
 
+    def budget_use_range(self) -> tuple[float, float]:
+        """The ``budget_use`` values proposed: the space's range, raised to the smallest plan's share."""
+        low, high = self.space.budget_use
+        return min(max(low, self.smallest_share), high), high
+
     def __call__(self, trial) -> dict:
         fixed = {}
         for group in self.space.groups:
@@ -199,8 +204,7 @@ class SpaceSampler:
                 _categorical(trial, fixed, f"{prefix}.layout", group.layouts)
                 _categorical(trial, fixed, f"{prefix}.init", group.inits)
                 _categorical(trial, fixed, f"{prefix}.regularizer", group.regularizers)
-        low, high = self.space.budget_use
-        low = min(max(low, self.smallest_share), high)
+        low, high = self.budget_use_range()
         if low == high:
             fixed["budget_use"] = low
         else:

@@ -32,7 +32,10 @@ from ..factorization import add_frobenius_grad_, decayed_modules, decoupled_frob
 from .data import DataBundle, Dataset, iterate_batches
 
 __all__ = ["TrainConfig", "TrainingDiverged", "make_optimizer", "make_schedule", "steps_per_epoch", "train_one_epoch",
-           "evaluate", "compile_seconds", "fit"]
+           "evaluate", "compile_seconds", "fit", "MULTISTEP_DROPS", "first_epoch_after_decay"]
+
+# The multistep schedule multiplies the learning rate by 0.1 at these fractions of training.
+MULTISTEP_DROPS = (0.5, 0.75)
 
 
 class TrainingDiverged(RuntimeError):
@@ -99,9 +102,18 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
         if config.schedule == "cosine":
             progress = (step - warmup) / max(1, total - warmup)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return 0.1 ** ((step >= 0.5 * total) + (step >= 0.75 * total))
+        return 0.1 ** sum(step >= drop * total for drop in MULTISTEP_DROPS)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def first_epoch_after_decay(schedule: str, epochs: int) -> int | None:
+    """The first epoch trained wholly after the multistep schedule's first drop (7 of 12), or None
+    for cosine. Before it, validation accuracy at high learning rate says little about the final
+    ranking (README "The default search"), so early stopping should not judge earlier."""
+    if schedule != "multistep":
+        return None
+    return math.ceil(MULTISTEP_DROPS[0] * epochs) + 1
 
 
 def _autocast(device: torch.device):

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from automl_factor import models
 from automl_factor.compress import compression_space
+from automl_factor.search.space import SearchSpace
 from automl_factor.train import TrainConfig, build_model, evaluate, fit, load
 from conftest import run_cli
 
@@ -36,6 +37,19 @@ def test_the_space_has_one_group_per_stage_or_one_ratio(trained) -> None:
     assert space["model"] == {"name": "resnet20", "weights": str((folder / "r20.pt").resolve())}
     uniform = compression_space("resnet20", str(folder / "r20.pt"), "digits", uniform=True)
     assert [(g["layers"], g["rank_fraction"]) for g in uniform["groups"]] == [(["*"], [1.0, 1.0])]
+
+
+def test_the_space_fine_tunes_on_the_subsets_asked_for(trained) -> None:
+    """``--train-subset``/``--test-subset`` reach the space the trials load (the benchmark compares
+    the search with fine-tuning on the same images)."""
+    from automl_factor.compress import parse_args
+
+    folder, _ = trained
+    args = parse_args(["--model", "resnet20", "--weights", "w.pt", "--train-subset", "300", "--test-subset", "50"])
+    space = SearchSpace.model_validate(compression_space("resnet20", str(folder / "r20.pt"), "digits",
+                                                         train_subset=args.train_subset, test_subset=args.test_subset))
+    assert (space.data.train_subset, space.data.test_subset) == (300, 50)
+    assert "train_subset" not in compression_space("resnet20", str(folder / "r20.pt"), "digits")["data"]
 
 
 @pytest.mark.integration
@@ -75,7 +89,7 @@ def test_the_energy_prior_follows_each_stage_spectrum(trained) -> None:
     """Layers whose trained kernels are nearly rank 2 get a small rank fraction, checked against numpy."""
     import numpy as np
 
-    from automl_factor.search.space import SearchSpace, energy_point, group_layers
+    from automl_factor.search.space import energy_point, group_layers
 
     folder, _ = trained
     space = SearchSpace.model_validate(compression_space("resnet20", str(folder / "r20.pt"), "digits"))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from automl_factor.search.pareto import (LATENCY_NOISE_FLOOR, MODES, NAMES, OBJECTIVES, hypervolume,
-                                         hypervolume_matrix, nondominated, promotion_order, tolerance_matrix)
+                                         front_extremes, hypervolume_matrix, nondominated, promotion_order,
+                                         tolerance_matrix)
 from automl_factor.search.tracking import front_mask, search_hypervolume, unique_complete
 
 
@@ -59,6 +60,20 @@ def test_promotion_order_puts_fronts_first():
     order = promotion_order(points).tolist()
     # Front: rows 1 and 3 (two points: both boundary, then by accuracy); then 0; then 2.
     assert order == [1, 3, 0, 2]
+
+
+def test_front_extremes_are_the_smallest_and_the_most_accurate_of_the_front():
+    points = np.array([[0.90, 0.10, 1.0],   # most accurate
+                       [0.70, 0.05, 1.0],   # on the front, in between
+                       [0.50, 0.02, 1.0],   # smallest
+                       [0.40, 0.02, 1.0],   # as small, less accurate: dominated
+                       [0.80, 0.09, 0.5]])  # fastest by far: on the front, but latency names no extreme
+    assert front_extremes(points).tolist() == [True, False, True, False, False]
+    # Brute force: the extremes are front members with the front's best accuracy or params.
+    front = np.array([not _dominated(points, i) for i in range(len(points))])
+    want = front & ((points[:, 0] == points[front, 0].max()) | (points[:, 1] == points[front, 1].min()))
+    assert front_extremes(points).tolist() == want.tolist()
+    assert front_extremes(points[:1]).tolist() == [False]  # one model: no span, no ends
 
 
 def test_crowding_keeps_the_small_model_among_accurate_large_ones():

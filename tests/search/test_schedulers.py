@@ -97,7 +97,35 @@ def test_rungs_survive_a_resume(tmp_path):
     assert set(after.state()["rungs"]["1"]) == {"good", "bad", "new"}
 
 
+def test_a_rung_never_cuts_the_ends_of_its_front():
+    """Early in a search a rung holds few trials: a top-1/3 cut alone stopped the smallest model
+    because the first (larger) one was more accurate. The front's ends continue; the rest is cut."""
+    scheduler = MultiObjectiveASHA(max_t=9, grace_period=1, reduction_factor=3)
+    trial = SimpleNamespace
+    assert scheduler.on_trial_result(None, trial(trial_id="large"), _result(1, 0.9, 0.10)) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, trial(trial_id="small"), _result(1, 0.5, 0.02)) == TrialScheduler.CONTINUE
+    # On the front but neither end, third of three: cut by the 1/3 rule.
+    assert scheduler.on_trial_result(None, trial(trial_id="middle"), _result(1, 0.7, 0.05)) == TrialScheduler.STOP
+    # The new most accurate model is an end, whatever its rank in the 1/3 order.
+    assert scheduler.on_trial_result(None, trial(trial_id="best"), _result(1, 0.95, 0.11)) == TrialScheduler.CONTINUE
+    # Dominated: stopped.
+    assert scheduler.on_trial_result(None, trial(trial_id="worse"), _result(1, 0.45, 0.03)) == TrialScheduler.STOP
+
+
 def test_without_state_uri_nothing_is_written(tmp_path):
     scheduler = MultiObjectiveASHA(max_t=4, grace_period=1, reduction_factor=3)
     scheduler.on_trial_result(None, SimpleNamespace(trial_id="a"), _result(1, 0.9, 0.05))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("schedule,max_epochs,want", [
+    ("multistep", 12, 7),  # the default space: the first rung after the first drop, not at epoch 4
+    ("multistep", 20, 11),
+    ("cosine", 12, 4),  # no drop: a third of the epochs
+    ("multistep", 3, 1),  # the first epoch after the drop is the last one: a third again
+])
+def test_default_grace_period_waits_for_the_first_learning_rate_drop(schedule, max_epochs, want):
+    from automl_factor.search.schedulers import default_grace_period
+
+    assert default_grace_period(schedule, max_epochs) == want
+    assert MultiObjectiveASHA(max_t=max_epochs, grace_period=want).milestones[0] == want

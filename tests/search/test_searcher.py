@@ -128,3 +128,35 @@ def test_in_ray_tune_each_plan_is_trained_once(plan_keys, tmp_path):
     keys = [plan_keys(result.config) for result in results]
     assert 2 <= len(keys) == len(set(keys))  # the crowded space runs out of new plans before 10: it stops
     assert all(result.metrics["epoch"] == EPOCHS for result in results)
+
+
+def test_the_search_starts_from_the_paper_recipe_and_the_smallest_plan():
+    """Warm start: the uniform recipe filling the budget, then the same recipe at the smallest size
+    the sampler proposes; Optuna takes both as given (not resampled), and the second trains the
+    smallest plan any proposal can become."""
+    from automl_factor.factorization import count_params, factorize
+    from automl_factor.search.run import _first_points
+    from automl_factor.search.space import plan_for, smallest_plan_params
+
+    space = SearchSpace.model_validate({
+        "model": "resnet20", "budget_use": [0.1, 1.0],
+        "groups": [{"name": "a", "layers": ["layer1.*"], "kinds": ["lowrank", "deep"]},
+                   {"name": "b", "layers": ["*"], "kinds": ["lowrank"], "layouts": ["channel", "spatial"]}],
+    })
+    model, budget = models.create("resnet20", num_classes=10, in_channels=1), 0.1
+    sampler = SpaceSampler(space, smallest_share=smallest_plan_params(space, model) / (budget * count_params(model)))
+    low, high = sampler.budget_use_range()
+    assert 0.1 < low < high == 1.0  # rank 1 everywhere is above a tenth of the budget here
+    points = _first_points(space, None, low)
+    assert [point["budget_use"] for point in points] == [1.0, low]
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    configs = []
+    for point in points:
+        study.enqueue_trial(point)
+        trial = study.ask()
+        fixed = sampler(trial)
+        assert trial.params == {key: value for key, value in point.items() if key not in fixed}
+        configs.append({**trial.params, **fixed})
+    smallest = factorize(model, plan_for(space, model, configs[1], budget))
+    assert count_params(smallest) == smallest_plan_params(space, model)
+    assert count_params(factorize(model, plan_for(space, model, configs[0], budget))) > 3 * count_params(smallest)

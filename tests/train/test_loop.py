@@ -279,3 +279,22 @@ def test_compiled_epoch_drops_the_last_partial_batch() -> None:
     assert steps_per_epoch(300, config.model_copy(update={"compile": None}), "cpu") == 5  # default: eager on CPU
     history = fit(_small_convnet(), data, config, seed=0)
     assert history[0]["images"] == 256
+
+
+@pytest.mark.parametrize("epochs,steps", [(12, 23), (10, 7), (5, 3), (3, 10)])
+def test_first_epoch_after_decay_is_the_first_epoch_wholly_at_the_lower_rate(epochs, steps) -> None:
+    from automl_factor.train import first_epoch_after_decay
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
+    schedule = make_schedule(opt, TrainConfig(epochs=epochs, lr=0.2), steps)
+    lrs_by_epoch = []
+    for _ in range(epochs):
+        lrs = []
+        for _ in range(steps):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            schedule.step()
+        lrs_by_epoch.append(lrs)
+    wholly_lower = [epoch for epoch, lrs in enumerate(lrs_by_epoch, start=1) if max(lrs) < 0.2]
+    assert first_epoch_after_decay("multistep", epochs) == wholly_lower[0]
+    assert first_epoch_after_decay("cosine", epochs) is None
