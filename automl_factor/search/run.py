@@ -108,7 +108,8 @@ def _searcher(prepared, rank_multiple: int, child_runs: ChildRuns) -> FullBudget
     return FullBudgetOptunaSearch(
         space=sampler, metric=list(NAMES), mode=list(MODES),
         plan_key=PlanKeys(space, dense, options.budget_fraction, rank_multiple),
-        points_to_evaluate=_first_points(space, prepared.data, low if low < high else None)
+        # (no more than the search runs: an enqueued point never run would wait in the study forever)
+        points_to_evaluate=_first_points(space, prepared.data, low if low < high else None)[:options.num_samples]
         if options.warm_start else None,
         sampler=make_sampler(options.sampler, options.seed, startup_trials=max(4, min(10, options.num_samples // 4))),
         storage=storage, study_name=prepared.name, max_epochs=space.max_epochs, mlflow_run_id=child_runs)
