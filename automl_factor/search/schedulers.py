@@ -7,7 +7,8 @@ ranked among all trials recorded at that rung by non-dominated sorting over ``pa
 the front's spread (small models included), and continues if it is in the top 1/reduction_factor,
 or if it is an end of the rung's front (the smallest or the most accurate so far,
 ``pareto.front_extremes``): early in a search a rung holds few trials, and a top-1/3 cut alone
-would stop the smallest model because the first, larger one is more accurate. Rungs sit at ``grace_period · reduction_factor^k`` epochs below ``max_t``.
+would stop the smallest model because the first, larger one is more accurate. Rungs sit at
+``grace_period · reduction_factor^k`` epochs below ``max_t``.
 
 Ray checkpoints the searcher with the experiment, not the scheduler. With ``state_uri`` the rungs
 and the stopped trials are written there (JSON, local path or pyarrow URI) whenever they change,

@@ -110,7 +110,7 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
 def first_epoch_after_decay(schedule: str, epochs: int) -> int | None:
     """The first epoch trained wholly after the multistep schedule's first drop (7 of 12), or None
     for cosine. Before it, validation accuracy at high learning rate says little about the final
-    ranking (README "The default search"), so early stopping should not judge earlier."""
+    ranking (measured in ``search.schedulers.default_grace_period``), so early stopping waits for it."""
     if schedule != "multistep":
         return None
     return math.ceil(MULTISTEP_DROPS[0] * epochs) + 1
