@@ -7,6 +7,8 @@ MLflow in ./mlflow.db and results under ./automl_runs/.
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import shlex
 import sys
 
@@ -102,5 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     return 130 if outcome == "interrupted" else 0  # 130: as a shell reports a Ctrl-C
 
 
+def _exit_now(code: int) -> None:
+    """Exit without Python's teardown of the torch, Ray and MLflow modules, which took 2 s after
+    every search (measured on the 2-core VM): exit handlers run and the streams are flushed; every
+    file the search wrote is already closed."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())

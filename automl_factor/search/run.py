@@ -13,7 +13,8 @@ import sys
 import warnings
 from pathlib import Path
 
-# Checkpointing every epoch with num_to_keep=1 snapshots the experiment often; that is intended.
+# With num_to_keep=1 every trial checkpoint snapshots the experiment (trials checkpoint at rungs, the
+# last epoch and every minute between, so this stays rare); Ray's warning about it is not for users.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # Ray Tune's newer console output prints its own banner and paths even at verbose=0; the search
 # prints its progress itself, so it asks for the reporter that stays quiet at verbose=0.
@@ -35,7 +36,7 @@ from .pareto import MODES, NAMES, OBJECTIVES
 from .saved import STATE_FILE, absolute_store, read_state, saved_form, write_state
 from .lock import search_lock
 from .schedulers import STATE_FILE as MOASHA_STATE_FILE
-from .schedulers import MultiObjectiveASHA, default_grace_period
+from .schedulers import MultiObjectiveASHA, default_grace_period, rung_epochs
 from .searcher import FullBudgetOptunaSearch, make_sampler
 from .store import init_tracking_store
 from .space import PlanKeys, SpaceSampler, energy_point, paper_recipe_point, smallest_plan_params
@@ -83,8 +84,19 @@ def _parent_run(prepared, client: MlflowClient) -> tuple[str, str]:
     return experiment_id, run_id
 
 
+def _grace_period(options, max_epochs: int, schedule: str) -> int:
+    return min(options.grace_period or default_grace_period(schedule, max_epochs), max_epochs)
+
+
+def _judged_epochs(options, max_epochs: int, schedule: str) -> tuple[int, ...]:
+    """The epochs where the scheduler may stop a trial (none for FIFO): trials checkpoint there."""
+    if options.scheduler == "fifo":
+        return ()
+    return rung_epochs(_grace_period(options, max_epochs, schedule), options.reduction_factor, max_epochs)
+
+
 def _scheduler(options, max_epochs: int, run_uri: str, schedule: str):
-    grace_period = min(options.grace_period or default_grace_period(schedule, max_epochs), max_epochs)
+    grace_period = _grace_period(options, max_epochs, schedule)
     if options.scheduler == "moasha":
         return MultiObjectiveASHA(max_t=max_epochs, grace_period=grace_period,
                                   reduction_factor=options.reduction_factor,
@@ -204,7 +216,9 @@ def _run_search(prepared) -> tuple[list[dict], dict]:
                             time_budget_s=options.time_budget_s)
     gpus_per_trial = trial_gpus(options)
     rank_multiple = 8 if gpus_per_trial > 0 else 1  # GPU matrix units work in tiles of 8 channels
-    setup = TrialSetup(space=space, budget=options.budget_fraction, seed=options.seed, rank_multiple=rank_multiple)
+    scheduler = _scheduler(options, space.max_epochs, prepared.run_uri, space.recipe.schedule)
+    setup = TrialSetup(space=space, budget=options.budget_fraction, seed=options.seed, rank_multiple=rank_multiple,
+                       checkpoint_epochs=_judged_epochs(options, space.max_epochs, space.recipe.schedule))
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=prepared.data, setup=setup),
                                     {"cpu": options.cpus_per_trial, "gpu": gpus_per_trial})
     if gpus_per_trial:
@@ -220,8 +234,7 @@ def _run_search(prepared) -> tuple[list[dict], dict]:
                     trainable,
                     tune_config=tune.TuneConfig(search_alg=_searcher(prepared, rank_multiple, ChildRuns(
                                                 options.mlflow_uri, experiment_id, parent_run_id)),
-                                                scheduler=_scheduler(options, space.max_epochs, prepared.run_uri,
-                                                                     space.recipe.schedule),
+                                                scheduler=scheduler,
                                                 num_samples=options.num_samples, max_concurrent_trials=options.max_concurrent,
                                                 time_budget_s=options.time_budget_s,
                                                 trial_dirname_creator=trial_dirname,

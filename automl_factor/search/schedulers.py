@@ -29,7 +29,7 @@ from ..train import first_epoch_after_decay
 from .pareto import NAMES, OBJECTIVES, front_extremes, promotion_order, tolerance_matrix
 from .trainable import FAILED_REASON
 
-__all__ = ["MultiObjectiveASHA", "STATE_FILE", "default_grace_period"]
+__all__ = ["MultiObjectiveASHA", "STATE_FILE", "default_grace_period", "rung_epochs"]
 
 STATE_FILE = "moasha.json"
 _KEYS = (*NAMES, *(objective.noise for objective in OBJECTIVES if objective.noise))
@@ -44,6 +44,16 @@ def default_grace_period(schedule: str, max_epochs: int) -> int:
     0.39 at epoch 6, 0.82 at epoch 7 and 0.95 at epoch 8."""
     after = first_epoch_after_decay(schedule, max_epochs)
     return after if after is not None and after < max_epochs else max(1, max_epochs // 3)
+
+
+def rung_epochs(grace_period: int, reduction_factor: float, max_t: int) -> tuple[int, ...]:
+    """The epochs at which successive halving judges a trial: ``grace_period · reduction_factor^k``
+    below ``max_t`` (MO-ASHA's rungs, and Ray's ASHA's but for the last epoch, where both stop)."""
+    milestones, k = set(), 0
+    while grace_period * reduction_factor**k < max_t:
+        milestones.add(int(grace_period * reduction_factor**k))
+        k += 1
+    return tuple(sorted(milestones))
 
 
 class _Rung:
@@ -77,11 +87,7 @@ class MultiObjectiveASHA(FIFOScheduler):
             raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
         self._time_attr = time_attr
         self._max_t, self._reduction_factor = max_t, reduction_factor
-        milestones, k = [], 0
-        while grace_period * reduction_factor**k < max_t:
-            milestones.append(int(grace_period * reduction_factor**k))
-            k += 1
-        self._rungs = [_Rung(m) for m in sorted(set(milestones), reverse=True)]
+        self._rungs = [_Rung(m) for m in reversed(rung_epochs(grace_period, reduction_factor, max_t))]
         self.stopped: set[str] = set()
         self._state_uri = state_uri
         self._loaded = state_uri is None

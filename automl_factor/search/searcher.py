@@ -14,7 +14,7 @@ For optuna-dashboard the study carries the objectives' names (``set_metric_names
 Optuna trial the user attributes ``ray_trial_id``, ``plan`` (the plan in a few words),
 ``mlflow_run_id`` (when known) and ``accuracy_by_epoch``. Optuna refuses ``Trial.report`` in
 multi-objective studies (``NotImplementedError``), so the per-epoch accuracy is kept as that user
-attribute, a list growing by one value per epoch, instead of as intermediate values.
+attribute, the list of a trial's epochs written when it ends, instead of as intermediate values.
 """
 from __future__ import annotations
 
@@ -89,7 +89,6 @@ class FullBudgetOptunaSearch(OptunaSearch):
         if epoch <= len(accuracies):  # already recorded
             return
         accuracies.append(float(result["accuracy"]))
-        ot_trial.set_user_attr("accuracy_by_epoch", [round(value, 6) for value in accuracies])
         if len(accuracies) == 1:
             if result.get("plan"):
                 ot_trial.set_user_attr("plan", plan_summary(result["plan"]))
@@ -97,6 +96,13 @@ class FullBudgetOptunaSearch(OptunaSearch):
             run_id = lookup(trial_id) if lookup else None
             if run_id:
                 ot_trial.set_user_attr("mlflow_run_id", run_id)
+
+    def _write_epochs(self, trial_id: str) -> None:
+        """``accuracy_by_epoch``, once, as the trial ends (one storage write per epoch held up each
+        trial's next epoch: Ray's trials wait for the driver to take each result)."""
+        accuracies = self.__dict__.get("_epoch_accuracies", {}).get(trial_id)
+        if accuracies and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            self._ot_trials[trial_id].set_user_attr("accuracy_by_epoch", [round(value, 6) for value in accuracies])
 
     def _suggest_new_plan(self, trial_id: str) -> dict | None:
         if self._plan_key is None:
@@ -130,6 +136,7 @@ class FullBudgetOptunaSearch(OptunaSearch):
             result, error = None, True  # (OptunaSearch records a trial with a result as COMPLETE)
         if not error:
             self._record_epoch(trial_id, result)
+        self._write_epochs(trial_id)
         full = not error and result and result.get(self._time_attr, 0) >= self._max_epochs
         plan = self._plans.get(self._trial_plans.get(trial_id, ""))
         if plan is not None and plan["trial_id"] == trial_id:

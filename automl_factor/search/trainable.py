@@ -1,7 +1,11 @@
 """The Ray Tune trial: config → plan → factorized model → epochs, reporting and checkpointing.
 
-Each epoch ends with ``tune.report`` of the objectives and a checkpoint (model, optimizer,
-schedule, RNG), so a trial that is paused, retried or restored continues where it stopped. The
+Each epoch ends with ``tune.report`` of the objectives. A checkpoint (model, optimizer, schedule,
+RNG) goes with it at the epochs where the scheduler may stop the trial, at the last epoch and at
+least every ``checkpoint_every_s`` seconds between, so a trial that is retried or restored
+continues from there, and a stopped trial keeps the model it was judged on. Not every epoch: Ray
+saves the whole experiment's state with each trial checkpoint (on the driver, in the trials' way),
+which cost more driver time than anything else in the default search. The
 data arrive through ``tune.with_parameters`` (one copy in the object store per node). Latency is
 measured once per distinct deployed architecture on the space's latency target (with FLOPs),
 interleaved with the dense model over several rounds so both see the same machine load
@@ -14,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 
 import ray
@@ -28,9 +33,10 @@ from ..train.checkpoint import STATE_FILE, read_state, write_checkpoint
 from ..train.measure import paired_latency
 from .space import LatencyTarget, SearchSpace, plan_for, plan_key, plan_layers
 
-__all__ = ["TrialSetup", "train_trial", "start_cost_cache", "trial_dirname", "architecture_key", "measure_cost",
+__all__ = ["TrialSetup", "checkpoint_due", "train_trial", "start_cost_cache", "trial_dirname", "architecture_key", "measure_cost",
            "cached_cost", "FAILED_REASON"]
 COST_CACHE = "automl_factor_cost_cache"
+CHECKPOINT_EVERY_S = 60.0  # the most training a retried trial repeats, between rungs
 FAILED_REASON = "failed_reason"  # in a trial's last result: it ended failed, for this reason (not retried)
 
 
@@ -42,6 +48,14 @@ class TrialSetup:
     budget: float
     seed: int = 0
     rank_multiple: int = 1  # 8 when trials train on GPUs: ranks in multiples of 8 where the budget allows
+    checkpoint_epochs: tuple[int, ...] = ()  # where the scheduler judges trials (its rungs)
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S
+
+
+def checkpoint_due(epoch: int, setup: TrialSetup, seconds_since_checkpoint: float) -> bool:
+    """Whether epoch ``epoch`` ends with a checkpoint: the last epoch, a rung, or time's up."""
+    return (epoch == setup.space.max_epochs or epoch in setup.checkpoint_epochs
+            or seconds_since_checkpoint >= setup.checkpoint_every_s)
 
 
 @ray.remote(num_cpus=0)
@@ -187,6 +201,7 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
                   "plan": {name: layer.model_dump() for name, layer in plan.items()}, "config": config}
     plan_json = json.dumps(trial_info["plan"], sort_keys=True)
     layers_json = json.dumps(plan_layers(space, dense, plan))
+    last_checkpoint = time.monotonic()
     for epoch in range(first_epoch, space.max_epochs + 1):
         try:
             metrics = train_one_epoch(model, data, optimizer, schedule, train_config, generator=generator,
@@ -200,9 +215,13 @@ def train_trial(config: dict, *, data: DataBundle, setup: TrialSetup) -> None:
                        plan=plan_json, plan_layers=layers_json, compile_seconds=compile_seconds(model))
         if epoch == space.max_epochs:
             metrics["test_accuracy"] = evaluate(model, data.test, data, config=train_config)
+        if not checkpoint_due(epoch, setup, time.monotonic() - last_checkpoint):
+            tune.report(metrics)
+            continue
         with tempfile.TemporaryDirectory() as folder:
             write_checkpoint(folder, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                       "schedule": schedule.state_dict(), "generator": generator.get_state(),
                                       "epoch": epoch, "zero_shot_accuracy": fixed.get("zero_shot_accuracy")},
                              trial_info)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        last_checkpoint = time.monotonic()

@@ -164,3 +164,15 @@ def test_each_plan_trained_once_and_logged_as_trained(search):
     assert {"plan.json", "plan.md", "plan_layers.json"} <= artifacts
     text = Path(client.download_artifacts(run.info.run_id, "plan.md")).read_text()
     assert f"{layers[0]['rank']} / {layers[0]['full_rank']}" in text
+
+
+def test_each_trial_keeps_the_model_of_the_epoch_it_ended_on(search):
+    """Trials checkpoint at the rungs and the last epoch (not every epoch): a stopped trial's
+    checkpoint is the model its rung judged, a complete one's the last epoch's."""
+    from automl_factor.train.checkpoint import STATE_FILE, read_state
+
+    folder, _ = search
+    ended = [row for row in _rows(folder) if row["status"] in ("complete", "pruned")]
+    assert {row["status"] for row in ended} == {"complete", "pruned"}
+    for row in ended:
+        assert read_state(str(Path(row["checkpoint"]) / STATE_FILE))["epoch"] == row["epochs_trained"], row["trial_id"]

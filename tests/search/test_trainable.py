@@ -55,3 +55,23 @@ def test_the_cache_actor_measures_each_architecture_once():
         assert ray.get(cache.get.remote(architecture_key(dense, (1, 1024), torch.device("cpu")) + "|1|3|None")) is None
     finally:
         ray.shutdown()
+
+
+def test_trials_checkpoint_at_the_rungs_the_last_epoch_and_once_a_minute_between():
+    """On the default space (12 epochs, MO-ASHA's rung at 7) a quick trial checkpoints twice, not 12
+    times; a slow one also when a minute has passed since its last checkpoint."""
+    from automl_factor.search.options import SearchOptions
+    from automl_factor.search.prepare import DEFAULT_SPACE
+    from automl_factor.search.run import _judged_epochs
+    from automl_factor.search.space import load_space
+    from automl_factor.search.trainable import CHECKPOINT_EVERY_S, TrialSetup, checkpoint_due
+
+    space = load_space(DEFAULT_SPACE)
+    rungs = _judged_epochs(SearchOptions(), space.max_epochs, space.recipe.schedule)
+    assert rungs == (7,)
+    setup = TrialSetup(space=space, budget=0.1, checkpoint_epochs=rungs)
+    quick = [epoch for epoch in range(1, 13) if checkpoint_due(epoch, setup, seconds_since_checkpoint=0.5)]
+    assert quick == [7, 12]
+    assert all(checkpoint_due(epoch, setup, seconds_since_checkpoint=CHECKPOINT_EVERY_S) for epoch in range(1, 13))
+    assert _judged_epochs(SearchOptions(scheduler="fifo"), 12, "multistep") == ()
+    assert _judged_epochs(SearchOptions(grace_period=1, reduction_factor=2), 9, "cosine") == (1, 2, 4, 8)
