@@ -483,6 +483,8 @@ class SearchTracker(tune.Callback):
         """Front tables and plots on the parent run (overwritten when called again, e.g. on resume).
         Waits (up to ``timeout_s``) for MLflow to catch up; returns the updates it still lacks."""
         self.flush(timeout_s)  # first the child runs, so the tables carry their run ids
+        for trial_id, row in self.rows.items():  # (a run created after its trial's row was written)
+            row["mlflow_run_id"] = row.get("mlflow_run_id") or self.child_runs.get(trial_id)
         rows = list(self.rows.values())
         front = pareto_rows(rows)
         self.folder.write_table("trials.parquet", rows)
