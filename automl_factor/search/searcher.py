@@ -101,8 +101,12 @@ class FullBudgetOptunaSearch(OptunaSearch):
         """``accuracy_by_epoch``, once, as the trial ends (one storage write per epoch held up each
         trial's next epoch: Ray's trials wait for the driver to take each result)."""
         accuracies = self.__dict__.get("_epoch_accuracies", {}).get(trial_id)
-        if accuracies and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+        if not accuracies or trial_id not in self._ot_trials or trial_id in self._completed_trials:
+            return
+        try:
             self._ot_trials[trial_id].set_user_attr("accuracy_by_epoch", [round(value, 6) for value in accuracies])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # a resumed searcher older than the study: the trial was told before the driver stopped
 
     def _suggest_new_plan(self, trial_id: str) -> dict | None:
         if self._plan_key is None:
