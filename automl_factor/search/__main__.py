@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> SearchOptions:
                         help="do not start from the paper's recipe (for ablations; by default it is the first trial)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile each trial's training step (default: on for GPU trials, off on CPU)")
+    parser.add_argument("--checkpoint-every-s", type=float, default=defaults.checkpoint_every_s,
+                        help="checkpoint each trial at least this often, in seconds of training, besides at the "
+                             "rungs and its last epoch: the most a lost node or dead worker costs (0: every epoch)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds Optuna and the trials")
     parser.add_argument("--resume", action="store_true", help="continue the search --name (default: the latest)")
     args = vars(parser.parse_args(argv))

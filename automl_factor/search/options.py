@@ -20,6 +20,7 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")  # Optuna samplers, all multi-object
 SCHEDULERS = ("moasha", "asha", "fifo")
 # A search's name is one folder under the storage path (and the Tune experiment's name): no '/', no
 # '..', no absolute path, so a search can neither write outside the storage path nor into another's.
+CHECKPOINT_EVERY_S = 60.0  # the default most training a retried or restored trial repeats, between rungs
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -49,6 +50,7 @@ class SearchOptions(BaseModel):
     seed: int = 0
     resume: bool = False
     compile: bool | None = None  # torch.compile the training step; None: on for GPU trials
+    checkpoint_every_s: float = Field(CHECKPOINT_EVERY_S, ge=0)  # the most training a lost worker costs a trial; 0: every epoch
 
     @field_validator("name")
     @classmethod

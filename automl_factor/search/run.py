@@ -218,7 +218,8 @@ def _run_search(prepared) -> tuple[list[dict], dict]:
     rank_multiple = 8 if gpus_per_trial > 0 else 1  # GPU matrix units work in tiles of 8 channels
     scheduler = _scheduler(options, space.max_epochs, prepared.run_uri, space.recipe.schedule)
     setup = TrialSetup(space=space, budget=options.budget_fraction, seed=options.seed, rank_multiple=rank_multiple,
-                       checkpoint_epochs=_judged_epochs(options, space.max_epochs, space.recipe.schedule))
+                       checkpoint_epochs=_judged_epochs(options, space.max_epochs, space.recipe.schedule),
+                       checkpoint_every_s=options.checkpoint_every_s)
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=prepared.data, setup=setup),
                                     {"cpu": options.cpus_per_trial, "gpu": gpus_per_trial})
     if gpus_per_trial:

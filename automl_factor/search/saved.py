@@ -21,7 +21,7 @@ __all__ = ["STATE_FILE", "read_state", "write_state", "resumed_options", "saved_
 
 STATE_FILE = "search.json"  # parent run id, tracking store and options: for --resume, show and export
 # Options a resume may set anew: where it runs, for how long, and which search it is.
-FROM_RESUME_COMMAND = ("resume", "name", "storage_path", "address")
+FROM_RESUME_COMMAND = ("resume", "name", "storage_path", "address", "checkpoint_every_s")
 
 
 def _location(run_uri: str) -> tuple[pafs.FileSystem, str]:

@@ -31,12 +31,12 @@ from ..train import (DataBundle, TrainingDiverged, build_model, compile_seconds,
                      make_optimizer, make_schedule, steps_per_epoch, train_one_epoch)
 from ..train.checkpoint import STATE_FILE, read_state, write_checkpoint
 from ..train.measure import paired_latency
+from .options import CHECKPOINT_EVERY_S
 from .space import LatencyTarget, SearchSpace, plan_for, plan_key, plan_layers
 
 __all__ = ["TrialSetup", "checkpoint_due", "train_trial", "start_cost_cache", "trial_dirname", "architecture_key", "measure_cost",
            "cached_cost", "FAILED_REASON"]
 COST_CACHE = "automl_factor_cost_cache"
-CHECKPOINT_EVERY_S = 60.0  # the most training a retried trial repeats, between rungs
 FAILED_REASON = "failed_reason"  # in a trial's last result: it ended failed, for this reason (not retried)
 
 

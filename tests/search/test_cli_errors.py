@@ -56,6 +56,12 @@ def test_malformed_space(tmp_path: Path, text, needles):
     assert [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]
 
 
+def test_negative_checkpoint_interval(tmp_path: Path):
+    _check_error(run_cli("automl_factor.search", "--checkpoint-every-s", "-1", cwd=tmp_path),
+                 "--checkpoint-every-s", "-1", "greater than or equal to 0")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_sampler(tmp_path: Path):
     _check_error(run_cli("automl_factor.search", "--sampler", "bayes", cwd=tmp_path), "'bayes'", "tpe", "nsga2")
     assert list(tmp_path.iterdir()) == []

@@ -54,25 +54,28 @@ def test_search_spreads_trials_over_an_existing_cluster(three_node_cluster, tmp_
 
 def test_a_worker_node_lost_mid_search_costs_no_trial(three_node_cluster, tmp_path: Path):
     """A node removed while its trial trains: the trial resumes from its checkpoint on another node;
-    4 Ray trials = 4 Parquet rows = 4 MLflow child runs, all complete, none twice."""
+    4 Ray trials = 4 Parquet rows = 4 MLflow child runs, all complete, none twice. (Checkpoints every
+    epoch, so each result reaches the run folder with its trial checkpoint, and the test sees it.)"""
     cluster, workers = three_node_cluster
     (tmp_path / "tiny.yaml").write_text(SPACE)
     process = subprocess.Popen(
         [sys.executable, "-m", "automl_factor.search", "--address", cluster.address, "--space", "tiny.yaml",
-         "--num-samples", "4", "--max-epochs", "4", "--scheduler", "fifo", "--name", "c"],
+         "--num-samples", "4", "--max-epochs", "4", "--scheduler", "fifo", "--name", "c", "--checkpoint-every-s", "0"],
         cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     # Remove a worker node while a trial trains there, past its first checkpoint (each result names
     # its node). (A trial whose actor is still starting when its node goes is failed by Tune.)
     run_folder, deadline, lost = tmp_path / "automl_runs" / "c", time.time() + 300, None
-    while lost is None and time.time() < deadline:
+    while lost is None and time.time() < deadline and process.poll() is None:
         for results in run_folder.glob("trial_*/result.json"):
             last = (results.read_text().strip().splitlines() or ["{}"])[-1]
             result = json.loads(last) if last.endswith("}") else {}
             lost = next((node for node in workers if node.node_id == result.get("node_id")
                          and result.get("epoch", 4) < 3), lost)
         time.sleep(0.1)
-    assert lost is not None, "no trial trained on a worker node"
+    if lost is None:
+        process.kill()
+        pytest.fail(f"no trial seen training on a worker node:\n{process.communicate()[0][-3000:]}")
     cluster.remove_node(lost)
     output = process.communicate(timeout=900)[0]
     assert process.returncode == 0, output[-3000:]
@@ -81,6 +84,9 @@ def test_a_worker_node_lost_mid_search_costs_no_trial(three_node_cluster, tmp_pa
     ray_trials = ExperimentAnalysis(str(tmp_path / "automl_runs" / "c")).trials
     assert sorted(t.trial_id for t in ray_trials) == sorted(row["trial_id"] for row in rows)
     assert sum(t.run_metadata.num_failures for t in ray_trials) >= 1, "no trial was on the removed node"
+    for trial in ray_trials:  # a restarted trial went on from its checkpoint: no epoch trained twice
+        epochs = [json.loads(line)["epoch"] for line in Path(trial.path, "result.json").read_text().splitlines()]
+        assert epochs == [1, 2, 3, 4], (trial.trial_id, epochs)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("automl-factor").experiment_id], max_results=100)
     children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]

@@ -118,10 +118,11 @@ def test_resume_refuses_flags_that_differ_from_the_saved_search(tmp_path: Path):
     (run_folder / "search.json").write_text(json.dumps({"experiment_id": "0", "parent_run_id": "x",
                                                         "options": saved}))
     completed = run_cli("automl_factor.search", "--resume", "--name", "r", "--max-epochs", "5", "--seed", "3",
-                        cwd=tmp_path, timeout=120)
+                        "--checkpoint-every-s", "5", cwd=tmp_path, timeout=120)
     assert completed.returncode == 2, completed.stderr
     assert completed.stderr.count("\n") == 1
     assert "--max-epochs 5 (saved: 3)" in completed.stderr and "--seed 3 (saved: 0)" in completed.stderr
+    assert "--checkpoint-every-s" not in completed.stderr  # how often to checkpoint is the resume command's choice
     assert sorted(p.name for p in run_folder.iterdir()) == ["search.json"]
     assert not (tmp_path / "mlflow.db").exists()
 
