@@ -33,6 +33,7 @@ from ..factorization import LayerPlan, factorize
 from ..train import build_model, load_weights
 from ..train.measure import paired_latency
 from .pareto import MODES, NAMES, OBJECTIVES
+from .ray_fixes import save_trials_stopped_without_actor
 from .saved import STATE_FILE, absolute_store, read_state, saved_form, write_state
 from .lock import search_lock
 from .schedulers import STATE_FILE as MOASHA_STATE_FILE
@@ -224,6 +225,7 @@ def _run_search(prepared) -> tuple[list[dict], dict]:
                                     {"cpu": options.cpus_per_trial, "gpu": gpus_per_trial})
     if gpus_per_trial:
         print(f"GPU trials: {gpus_per_trial:g} GPU each, ranks in multiples of 8 where the budget allows", flush=True)
+    save_trials_stopped_without_actor()  # else a twice-died trial can be saved RUNNING, and resumed
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
