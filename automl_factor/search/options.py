@@ -18,9 +18,9 @@ __all__ = ["SearchOptions", "SAMPLERS", "SCHEDULERS"]
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")  # Optuna samplers, all multi-objective (searcher.make_sampler)
 SCHEDULERS = ("moasha", "asha", "fifo")
+CHECKPOINT_EVERY_S = 60.0  # the default most training a retried or restored trial repeats, between rungs
 # A search's name is one folder under the storage path (and the Tune experiment's name): no '/', no
 # '..', no absolute path, so a search can neither write outside the storage path nor into another's.
-CHECKPOINT_EVERY_S = 60.0  # the default most training a retried or restored trial repeats, between rungs
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

@@ -20,7 +20,7 @@ from .options import SearchOptions
 __all__ = ["STATE_FILE", "read_state", "write_state", "resumed_options", "saved_form", "absolute_store"]
 
 STATE_FILE = "search.json"  # parent run id, tracking store and options: for --resume, show and export
-# Options a resume may set anew: where it runs, for how long, and which search it is.
+# Options a resume may set anew: where it runs, how often trials checkpoint, and which search it is.
 FROM_RESUME_COMMAND = ("resume", "name", "storage_path", "address", "checkpoint_every_s")
 
 
