@@ -52,15 +52,20 @@ def test_search_spreads_trials_over_an_existing_cluster(three_node_cluster, tmp_
     assert len([node for node in cluster.list_all_nodes() if node.remaining_processes_alive()]) == 3
 
 
+EPOCHS = 10
+
+
 def test_a_worker_node_lost_mid_search_costs_no_trial(three_node_cluster, tmp_path: Path):
     """A node removed while its trial trains: the trial resumes from its checkpoint on another node;
     4 Ray trials = 4 Parquet rows = 4 MLflow child runs, all complete, none twice. (Checkpoints every
-    epoch, so each result reaches the run folder with its trial checkpoint, and the test sees it.)"""
+    epoch, so each result reaches the run folder with its trial checkpoint, and the test sees it; 10
+    epochs, so a trial is seen mid-way: with 4, trials finishing 2 s apart were all missed once in CI.)"""
     cluster, workers = three_node_cluster
     (tmp_path / "tiny.yaml").write_text(SPACE)
     process = subprocess.Popen(
         [sys.executable, "-m", "automl_factor.search", "--address", cluster.address, "--space", "tiny.yaml",
-         "--num-samples", "4", "--max-epochs", "4", "--scheduler", "fifo", "--name", "c", "--checkpoint-every-s", "0"],
+         "--num-samples", "4", "--max-epochs", str(EPOCHS), "--scheduler", "fifo", "--name", "c",
+         "--checkpoint-every-s", "0"],
         cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)
     # Remove a worker node while a trial trains there, past its first checkpoint (each result names
@@ -71,7 +76,7 @@ def test_a_worker_node_lost_mid_search_costs_no_trial(three_node_cluster, tmp_pa
             last = (results.read_text().strip().splitlines() or ["{}"])[-1]
             result = json.loads(last) if last.endswith("}") else {}
             lost = next((node for node in workers if node.node_id == result.get("node_id")
-                         and result.get("epoch", 4) < 3), lost)
+                         and result.get("epoch", EPOCHS) < EPOCHS - 3), lost)
         time.sleep(0.1)
     if lost is None:
         process.kill()
@@ -86,14 +91,14 @@ def test_a_worker_node_lost_mid_search_costs_no_trial(three_node_cluster, tmp_pa
     assert sum(t.run_metadata.num_failures for t in ray_trials) >= 1, "no trial was on the removed node"
     for trial in ray_trials:  # a restarted trial went on from its checkpoint: no epoch trained twice
         epochs = [json.loads(line)["epoch"] for line in Path(trial.path, "result.json").read_text().splitlines()]
-        assert epochs == [1, 2, 3, 4], (trial.trial_id, epochs)
+        assert epochs == list(range(1, EPOCHS + 1)), (trial.trial_id, epochs)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("automl-factor").experiment_id], max_results=100)
     children = [run for run in runs if "mlflow.parentRunId" in run.data.tags]
     assert sorted(run.data.tags["automl_factor.trial_id"] for run in children) == sorted(r["trial_id"] for r in rows)
     for run in children:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")]
-        assert sorted(steps) == [1, 2, 3, 4], steps  # each epoch once, though one trial restarted mid-way
+        assert sorted(steps) == list(range(1, EPOCHS + 1)), steps  # each epoch once, though one trial restarted mid-way
 
 
 def test_a_latency_resource_no_node_has_is_refused(three_node_cluster, tmp_path: Path):
